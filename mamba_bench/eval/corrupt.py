@@ -1,0 +1,329 @@
+"""The corruption benchmark: one function behind ``mamba-bench corrupt``.
+
+Data flow: data set → clean preprocessed images (decoded once) → for each (corruption, severity)
+cell, corrupted batches made once by DataLoader workers → every model of the run → per-image
+metrics → one part file per cell → final tables and plots. Corruption of an image depends only on
+(seed, image id, corruption, severity), so batch size, worker count and device never change it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mamba_bench.corruptions import Corruption, Suite, apply_corruption, load_suite
+from mamba_bench.data import ImageSet, open_dataset
+from mamba_bench.errors import CheckpointError, MambaBenchError
+from mamba_bench.eval.metrics import add_clean_drop, corruption_errors, per_image, summarize
+from mamba_bench.models.preprocess import to_model_input
+from mamba_bench.models.registry import ModelSpec, get_spec
+from mamba_bench.models.weights import file_sha256, load_weights_into, resolve_weights
+from mamba_bench.results.store import (
+    METRICS_SCHEMA,
+    PREDICTIONS_SCHEMA,
+    SUMMARY_SCHEMA,
+    RunStore,
+    conform,
+    fingerprint,
+)
+
+
+def default_workers() -> int:
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
+@dataclass
+class CorruptConfig:
+    """Options of ``mamba-bench corrupt`` (see ``--help`` for each)."""
+
+    models: list[str]
+    data: str
+    out: str
+    weights: list[str] = field(default_factory=list)
+    labels: str | None = None
+    per_class: int | None = None
+    seed: int = 0
+    corruptions: str | list[str] = "all"
+    severities: str | list[int] = "all"
+    suite: str | None = None
+    baseline: str | None = None
+    batch_size: int = 64
+    device: str = "auto"
+    workers: int | None = None
+    save_predictions: bool = False
+    random_init: bool = False
+    cache_dir: str | None = None
+    progress: bool = True
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    spec: ModelSpec
+    module: torch.nn.Module
+    weights: str | None
+    weights_sha256: str | None
+
+
+@dataclass
+class RunResult:
+    out: Path
+    metrics: pd.DataFrame
+    summary: pd.DataFrame
+    manifest: dict
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise MambaBenchError(f"unknown --device {device!r}; valid: cpu, cuda, auto")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise MambaBenchError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu")
+    return torch.device(device)
+
+
+def pair_weights(models: Sequence[str], weights: Sequence[str]) -> list[str | None]:
+    """``--weights`` given once belongs to the last ``--model``; given per model, they pair in order."""
+    if not weights:
+        return [None] * len(models)
+    if len(weights) == len(models):
+        return list(weights)
+    if len(weights) == 1:
+        return [None] * (len(models) - 1) + [weights[0]]
+    raise MambaBenchError(
+        f"{len(weights)} --weights for {len(models)} --model: give one (for the last model) or one per model"
+    )
+
+
+def load_models(names: Sequence[str], weights: Sequence[str], num_classes: int, *, random_init: bool,
+                cache_dir: str | None, dataset: str) -> list[LoadedModel]:
+    if len(set(names)) != len(names):
+        raise MambaBenchError(f"a --model is named twice: {', '.join(names)}")
+    specs = [get_spec(n) for n in names]  # every name checked before any weights are fetched
+    loaded = []
+    for name, spec, ref in zip(names, specs, pair_weights(names, weights), strict=True):
+        if ref is None and not random_init:
+            if spec.weights_url is None or spec.num_classes != num_classes:
+                raise CheckpointError(
+                    f"model {name} has no released weights for {dataset} ({num_classes} classes); pass "
+                    "--weights FILE (or --random-init for a smoke test)"
+                )
+            ref = spec.weights_url
+        module = spec.build(num_classes)
+        sha = None
+        if ref is not None:
+            path = load_weights_into(module, ref, spec, cache_dir=cache_dir)
+            sha = file_sha256(path)
+        loaded.append(LoadedModel(name, spec, module.eval(), ref, sha))
+    return loaded
+
+
+class _CellImages(torch.utils.data.Dataset):
+    """Index k = cell * N + i → image i under the cell's corruption; runs in DataLoader workers."""
+
+    def __init__(self, images: np.ndarray, ids: list[str], cells: list[tuple[Corruption | None, int]],
+                 seed: int):
+        self.images, self.ids, self.cells, self.seed = images, ids, cells, seed
+
+    def __len__(self) -> int:
+        return len(self.cells) * len(self.ids)
+
+    def __getitem__(self, k: int) -> torch.Tensor:
+        c, i = divmod(k, len(self.ids))
+        corruption, severity = self.cells[c]
+        img = self.images[i]
+        if corruption is not None:
+            img = apply_corruption(corruption, severity, img, seed=self.seed, image_id=self.ids[i])
+        return torch.from_numpy(np.ascontiguousarray(img))
+
+
+def _load_clean(ds: ImageSet, workers: int) -> tuple[np.ndarray, list[int], list[dict]]:
+    """Decode + preprocess every image once; unusable files are skipped and recorded."""
+    from mamba_bench.data.images import ImageReadError
+
+    def one(i: int):
+        try:
+            return ds.load(i), None
+        except ImageReadError as exc:
+            return None, str(exc)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = list(pool.map(one, range(len(ds))))
+    keep = [i for i, (img, _) in enumerate(results) if img is not None]
+    skipped = [{"image_id": ds.samples[i].image_id, "reason": err}
+               for i, (img, err) in enumerate(results) if img is None]
+    if not keep:
+        raise MambaBenchError(f"none of the {len(ds)} images in {ds.root} could be read (first: "
+                              f"{skipped[0]['reason'] if skipped else '?'})")
+    images = np.stack([results[i][0] for i in keep])
+    return images, keep, skipped
+
+
+def iterate_cells(images: np.ndarray, ids: list[str], labels: torch.Tensor,
+                  cells: list[tuple[Corruption | None, int]], pending: list[int], models: list[LoadedModel], *,
+                  seed: int, batch_size: int, workers: int, device: torch.device, on_batch=None):
+    """Yield ``(cell index, {model: per-image arrays})`` for each pending cell, in order.
+
+    Each corrupted batch is made once (in DataLoader workers, overlapping with the models' compute)
+    and fed to every model before the next one is taken.
+    """
+    n = len(ids)
+    batches = [list(range(j * n + a, j * n + min(a + batch_size, n)))
+               for j in pending for a in range(0, n, batch_size)]
+    loader = torch.utils.data.DataLoader(
+        _CellImages(images, ids, cells, seed), batch_sampler=batches, num_workers=workers,
+        collate_fn=torch.stack, pin_memory=device.type == "cuda",
+        multiprocessing_context="fork" if workers and os.name == "posix" else None,
+    )
+    acc: dict[str, list[dict[str, torch.Tensor]]] = {m.name: [] for m in models}
+    with torch.inference_mode():
+        for idxs, batch in zip(batches, loader, strict=True):
+            j, start = divmod(idxs[0], n)
+            y = labels[start:start + len(idxs)].to(device)
+            for m in models:
+                x = to_model_input(batch, m.spec, device)
+                try:
+                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                        logits = m.module(x)
+                except torch.OutOfMemoryError:
+                    raise MambaBenchError(f"out of memory running {m.name} at --batch-size {batch_size}; "
+                                          "pass a smaller one (finished cells are kept)") from None
+                acc[m.name].append({k: v.cpu() for k, v in per_image(logits, y).items()})
+            if on_batch is not None:
+                on_batch(len(idxs))
+            if start + len(idxs) == n:  # the cell's last batch
+                yield j, {name: {k: torch.cat([b[k] for b in parts]).numpy() for k in parts[0]}
+                          for name, parts in acc.items()}
+                acc = {m.name: [] for m in models}
+
+
+def _progress(enabled: bool):
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
+                               TimeRemainingColumn)
+    from rich.text import Text
+
+    class Speed(ProgressColumn):
+        def render(self, task):  # images per second over the whole pipeline
+            return Text(f"{task.speed:,.0f} img/s" if task.speed else "… img/s")
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Speed(),
+                    TimeRemainingColumn(), disable=not enabled, transient=False)
+
+
+def run_corrupt(cfg: CorruptConfig) -> RunResult:
+    """Run (or resume) the corruption benchmark described by ``cfg``; returns the final tables."""
+    t_start = time.perf_counter()
+    if cfg.batch_size < 1:
+        raise MambaBenchError("--batch-size must be at least 1")
+    if cfg.per_class is not None and cfg.per_class < 1:
+        raise MambaBenchError("--per-class must be at least 1")
+    workers = default_workers() if cfg.workers is None else cfg.workers
+    if workers < 0:
+        raise MambaBenchError("--workers must be 0 or more")
+    device = resolve_device(cfg.device)
+    suite: Suite = load_suite(cfg.suite)
+    chosen = suite.select(cfg.corruptions)
+    cells: list[tuple[Corruption | None, int]] = [(None, 0)]
+    for c in chosen:
+        cells += [(c, s) for s in suite.severities(c, cfg.severities)]
+    if cfg.baseline is not None and cfg.baseline not in cfg.models:
+        raise MambaBenchError(f"--baseline {cfg.baseline} is not one of the --model names of this run: "
+                              f"{', '.join(cfg.models)}")
+
+    ds = open_dataset(cfg.data, per_class=cfg.per_class, seed=cfg.seed, labels=cfg.labels)
+    models = load_models(cfg.models, cfg.weights, ds.num_classes, random_init=cfg.random_init,
+                         cache_dir=cfg.cache_dir, dataset=ds.name)
+
+    # Only what changes results goes into the fingerprint: never batch size, workers or device.
+    result_config = {
+        "models": [{"name": m.name, "weights": m.weights, "weights_sha256": m.weights_sha256} for m in models],
+        "data": str(Path(cfg.data).resolve()) if Path(cfg.data).exists() else cfg.data,
+        "labels": cfg.labels, "per_class": cfg.per_class, "seed": cfg.seed,
+        "suite": {"name": suite.name, "sha256": suite.sha256},
+        "cells": [[c.name if c else "clean", s] for c, s in cells],
+        "baseline": cfg.baseline, "save_predictions": cfg.save_predictions,
+    }
+    store = RunStore(cfg.out)
+    manifest = store.begin(result_config, fingerprint(result_config), cfg.seed, str(device))
+
+    images, keep, skipped = _load_clean(ds, workers)
+    ids = [ds.samples[i].image_id for i in keep]
+    labels = torch.tensor([ds.samples[i].label for i in keep], dtype=torch.long)
+    store.update_manifest(
+        execution={"batch_size": cfg.batch_size, "workers": workers, "device": str(device),
+                   "amp": device.type == "cuda"},
+        data={"name": ds.name, "root": ds.root, "layout": ds.layout, "images": len(ds), "usable": len(keep),
+              "num_classes": ds.num_classes, "image_size": ds.image_size, "notes": ds.notes},
+        skipped=skipped,
+        models=[{"name": m.name, "description": m.spec.description, "input_size": m.spec.input_size,
+                 "mean": m.spec.mean, "std": m.spec.std, "weights": m.weights,
+                 "params": sum(p.numel() for p in m.module.parameters())} for m in models],
+        suite={"name": suite.name, "path": str(suite.path), "sha256": suite.sha256},
+    )
+
+    done = store.done_cells()
+    pending = [j for j, (c, s) in enumerate(cells)
+               if store.cell_key(c.name if c else "clean", s) not in done]
+    for m in models:
+        m.module.to(device)
+        if device.type == "cuda":
+            m.module.to(memory_format=torch.channels_last)
+
+    n = len(ids)
+    t_cells = time.perf_counter()
+    with _progress(cfg.progress) as bar:
+        task = bar.add_task(f"{len(pending)}/{len(cells)} cells × {len(models)} models", total=len(pending) * n)
+        for j, per_model in iterate_cells(images, ids, labels, cells, pending, models, seed=cfg.seed,
+                                          batch_size=cfg.batch_size, workers=workers, device=device,
+                                          on_batch=lambda k: bar.advance(task, k)):
+            _commit_cell(store, cells[j], models, per_model, ids, labels, ds.name, cfg.save_predictions)
+    seconds = time.perf_counter() - t_cells
+
+    keys = [store.cell_key(c.name if c else "clean", s) for c, s in cells]
+    metrics = add_clean_drop(store.read_parts("metrics", keys))
+    metrics = conform(metrics, METRICS_SCHEMA)
+    summary = conform(corruption_errors(metrics, cfg.baseline), SUMMARY_SCHEMA)
+    store.write_table("metrics.parquet", metrics, METRICS_SCHEMA)
+    store.write_table("summary.parquet", summary, SUMMARY_SCHEMA)
+    if cfg.save_predictions:
+        store.write_table("predictions.parquet", store.read_parts("predictions", keys), PREDICTIONS_SCHEMA)
+    from mamba_bench.results.plots import write_corruption_plots
+
+    plots = write_corruption_plots(metrics, store.root, [m.name for m in models])
+    sess = manifest["sessions"][-1]
+    sess.update({"cells_run": len(pending), "images_per_second": (len(pending) * n / seconds) if pending else None,
+                 "seconds_cells": round(seconds, 3), "seconds_total": round(time.perf_counter() - t_start, 3)})
+    store.finish(tables=["metrics.parquet", "summary.parquet"] + (["predictions.parquet"] if cfg.save_predictions
+                 else []), plots=[p.name for p in plots], config_cli=asdict(cfg) | {"progress": None})
+    return RunResult(store.root, metrics, summary, store.manifest)
+
+
+def _commit_cell(store: RunStore, cell: tuple[Corruption | None, int], models: list[LoadedModel],
+                 per_model: dict[str, dict[str, np.ndarray]], ids: list[str], labels: torch.Tensor,
+                 dataset: str, save_predictions: bool) -> None:
+    corruption, severity = cell
+    cname = corruption.name if corruption else "clean"
+    rows, preds = [], []
+    for m in models:
+        per = per_model[m.name]
+        rows.append({"model": m.name, "dataset": dataset, "corruption": cname, "severity": severity,
+                     **summarize(per)})
+        if save_predictions:
+            preds.append(pd.DataFrame({
+                "model": m.name, "dataset": dataset, "corruption": cname, "severity": severity,
+                "image_id": ids, "label": labels.numpy(), "pred": per["pred"], "correct": per["correct"],
+                "correct5": per["correct5"], "confidence": per["confidence"], "nll": per["nll"],
+            }))
+    metrics = pd.DataFrame(rows)
+    metrics["top1_drop"] = np.nan
+    store.write_cell(cname, severity, conform(metrics, METRICS_SCHEMA),
+                     conform(pd.concat(preds, ignore_index=True), PREDICTIONS_SCHEMA) if save_predictions else None)

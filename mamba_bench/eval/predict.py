@@ -1,0 +1,72 @@
+"""``mamba-bench predict``: top-k classes of a few images with one model."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from mamba_bench.eval.corrupt import resolve_device
+from mamba_bench.models.preprocess import to_model_input
+from mamba_bench.models.registry import get_spec
+from mamba_bench.models.weights import load_weights_into
+from mamba_bench.errors import MambaBenchError
+
+
+def class_names(num_classes: int, weights_path=None) -> list[str]:
+    """ImageNet descriptions for 1000 classes; names stored in our own checkpoints otherwise."""
+    if weights_path is not None and str(weights_path).endswith(".safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(str(weights_path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+        if "class_names" in meta:
+            names = json.loads(meta["class_names"])
+            if len(names) == num_classes:
+                return names
+    if num_classes == 1000:
+        from timm.data import ImageNetInfo
+
+        info = ImageNetInfo()
+        return [info.index_to_description(i) for i in range(1000)]
+    return [str(i) for i in range(num_classes)]
+
+
+def predict_images(model: str, images: list[str], *, weights: str | None = None, topk: int = 5,
+                   device: str = "auto", cache_dir: str | None = None) -> tuple[list[dict], list[str]]:
+    """Return (one result per readable image, one error line per unreadable image)."""
+    from mamba_bench.data import eval_preprocess, load_image_rgb
+    from mamba_bench.data.images import ImageReadError
+
+    if topk < 1:
+        raise MambaBenchError("--topk must be at least 1")
+    spec = get_spec(model)
+    ref = weights or spec.weights_url
+    if ref is None:
+        raise MambaBenchError(f"model {model} has no released weights; pass --weights FILE")
+    net = spec.build()
+    path = load_weights_into(net, ref, spec, cache_dir=cache_dir)
+    dev = resolve_device(device)
+    net.eval().to(dev)
+    names = class_names(spec.num_classes, path)
+    size = spec.input_size
+    resize = max(size, int(round(size / spec.crop_pct)))
+    results, errors = [], []
+    for image in images:
+        try:
+            arr = eval_preprocess(load_image_rgb(image), image_size=size, resize=resize)
+        except ImageReadError as exc:
+            errors.append(f"{image}: {exc}")
+            continue
+        except OSError as exc:
+            errors.append(f"{image}: {exc.strerror or exc}")
+            continue
+        with torch.inference_mode():
+            logits = net(to_model_input(torch.from_numpy(arr)[None], spec, dev)).float()[0].cpu()
+        prob = logits.softmax(0)
+        k = min(topk, logits.numel())
+        top = prob.topk(k)
+        results.append({"image": image, "model": model, "topk": [
+            {"rank": r + 1, "index": int(i), "label": names[int(i)], "logit": float(logits[i]),
+             "probability": float(p)} for r, (p, i) in enumerate(zip(top.values, top.indices, strict=True))]})
+    return results, errors

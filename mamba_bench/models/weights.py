@@ -1,0 +1,193 @@
+"""Weights: resolve a path or URL to a local file, read it without running pickled code, load strictly.
+
+Pickle checkpoints are read with ``torch.load(weights_only=True)``, which refuses any object that is
+not a tensor or a plain container, so a malicious ``.pth`` cannot execute code here. Safetensors
+files are read natively. Downloads land in a cache directory and are written atomically, so an
+interrupted download never leaves a half file that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import urllib.error
+import urllib.request
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from mamba_bench.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from mamba_bench.models.registry import ModelSpec
+
+URL_SCHEMES = ("http://", "https://", "file://")
+_WRAPPER_KEYS = ("model", "state_dict", "model_state_dict", "model_state", "module", "model_ema")
+
+
+def cache_dir(override: str | os.PathLike | None = None) -> Path:
+    """``$MAMBA_BENCH_CACHE`` or ``~/.cache/mamba-bench``: where downloads and demo models live."""
+    if override:
+        return Path(override)
+    return Path(os.environ.get("MAMBA_BENCH_CACHE") or Path.home() / ".cache" / "mamba-bench")
+
+
+def resolve_weights(ref: str, *, file_name: str | None = None, cache: str | os.PathLike | None = None) -> Path:
+    """A local file for ``ref``: the path itself, or a cached download of the URL."""
+    if not ref.startswith(URL_SCHEMES):
+        path = Path(ref).expanduser()
+        if not path.is_file():
+            raise CheckpointError(f"weights file {ref} does not exist")
+        return path
+    name = file_name or Path(urllib.request.urlparse(ref).path).name or "weights.bin"
+    digest = hashlib.sha256(ref.encode()).hexdigest()[:12]
+    target = cache_dir(cache) / "weights" / f"{digest}-{name}"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + f".part{os.getpid()}")
+    try:
+        with urllib.request.urlopen(ref, timeout=30) as resp, open(tmp, "wb") as fh:
+            while chunk := resp.read(1 << 20):
+                fh.write(chunk)
+        os.replace(tmp, target)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        tmp.unlink(missing_ok=True)
+        reason = getattr(exc, "reason", exc)
+        raise CheckpointError(
+            f"could not download {ref} ({reason}); download it on a connected machine and pass "
+            f"--weights /path/to/{name}"
+        ) from None
+    return target
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors of a checkpoint file, unwrapped from the usual ``{'model': ...}`` containers."""
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors" or _is_safetensors(path):
+            from safetensors.torch import load_file
+
+            obj = load_file(str(path), device="cpu")
+        else:
+            with open(path, "rb") as fh:
+                magic = fh.read(2)
+            if magic != b"PK" and magic[:1] != b"\x80":  # torch zip archive or a raw pickle
+                raise CheckpointError(
+                    f"cannot read checkpoint {path}: not a safetensors, torch zip or pickle file")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        detail = text.split("WeightsUnpickler error:", 1)[-1].strip().splitlines()[0] if text else ""
+        raise CheckpointError(
+            f"refusing to load {path}: it is not a plain tensor checkpoint, and the pickled objects in it "
+            f"are never run ({detail[:120]}); convert it to safetensors or a plain state_dict"
+        ) from None
+    except Exception as exc:  # corrupt zip, truncated file, not a checkpoint at all
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc)[:160]}") from None
+    return _unwrap(obj, path)
+
+
+def _is_safetensors(path: Path) -> bool:
+    # safetensors: 8-byte little-endian header length, then a JSON header starting with '{'
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < (1 << 30)
+
+
+def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    while isinstance(obj, dict) and not _all_tensors(obj):
+        inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
+        if inner is None:
+            raise CheckpointError(
+                f"{path} holds no state_dict: top-level keys are {', '.join(map(str, list(obj)[:8]))}"
+            )
+        obj = inner
+    if not isinstance(obj, dict) or not obj:
+        raise CheckpointError(f"{path} holds no state_dict (found {type(obj).__name__})")
+    keys = list(obj)
+    if all(k.startswith("module.") for k in keys):  # saved from DistributedDataParallel
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def _all_tensors(d: dict) -> bool:
+    return bool(d) and all(isinstance(v, torch.Tensor) for v in d.values())
+
+
+def check_fit(model: torch.nn.Module, state: dict[str, torch.Tensor], label: str) -> None:
+    """Raise one readable error naming the first missing, unexpected and mis-shaped keys."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+              for k, v in own.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if not (missing or unexpected or shapes):
+        return
+    parts = []
+    for what, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
+        if items:
+            more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
+            parts.append(f"{len(items)} {what}: {', '.join(items[:3])}{more}")
+    raise CheckpointError(f"checkpoint does not fit {label}: " + "; ".join(parts))
+
+
+def _timm_filter(model: torch.nn.Module, state: dict, spec: ModelSpec | None) -> dict:
+    """Adapt official-release layouts (e.g. the original Swin/ConvNeXt files) the way timm itself does."""
+    if spec is None or spec.family not in ("timm", "timm-arch"):
+        return state
+    import importlib
+
+    module = importlib.import_module(type(model).__module__)
+    fn = getattr(module, "checkpoint_filter_fn", None)
+    if fn is None:
+        return state
+    try:
+        return fn(state, model)
+    except Exception:  # the filter could not make sense of it: let check_fit report the keys
+        return state
+
+
+def load_weights_into(model: torch.nn.Module, ref: str, spec: ModelSpec | None = None, *,
+                      cache_dir: str | None = None) -> Path:
+    """Resolve ``ref``, read it safely, adapt foreign layouts once, and load strictly."""
+    path = resolve_weights(ref, file_name=spec.weights_file if spec and ref == spec.weights_url else None,
+                           cache=cache_dir)
+    state = read_state_dict(path)
+    own = model.state_dict()
+    if set(state) != set(own):
+        state = _timm_filter(model, state, spec)
+    check_fit(model, state, spec.name if spec else type(model).__name__)
+    model.load_state_dict(state, strict=True)
+    return path
+
+
+def save_checkpoint(model: torch.nn.Module, path: str | os.PathLike, metadata: dict[str, str]) -> Path:
+    """Write a safetensors checkpoint atomically (no pickle: loading it can never run code)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp), metadata={k: str(v) for k, v in metadata.items()})
+    os.replace(tmp, path)
+    return path
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,98 @@
+"""`predict`, `corruptions`, `models`, `bench` from the command line."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mamba_bench.models import create_model, get_spec, save_checkpoint
+from mamba_bench.models.preprocess import to_model_input
+
+
+@pytest.fixture
+def digit_checkpoint(tmp_path):
+    torch.manual_seed(1)
+    model = create_model("convnext-nano")
+    names = [f"digit-{i}" for i in range(10)]
+    path = save_checkpoint(model, tmp_path / "nano.safetensors", {"class_names": json.dumps(names)})
+    return model, path, names
+
+
+def test_predict_json_matches_the_model(cli, tmp_path, digit_checkpoint):
+    model, path, names = digit_checkpoint
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(img).save(tmp_path / "x.png")
+    res = cli("predict", "--model", "convnext-nano", "--weights", str(path), str(tmp_path / "x.png"),
+              "--topk", "3", "--format", "json", "--device", "cpu")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    top = out[0]["topk"]
+    assert [t["rank"] for t in top] == [1, 2, 3]
+    probs = [t["probability"] for t in top]
+    assert probs == sorted(probs, reverse=True) and sum(probs) <= 1.0 + 1e-6
+    with torch.inference_mode():  # a 64 px image with crop_pct 1.0 reaches the model unchanged
+        logits = model(to_model_input(torch.from_numpy(img)[None], get_spec("convnext-nano"),
+                                      torch.device("cpu")))[0]
+    want = logits.topk(3)
+    assert [t["index"] for t in top] == want.indices.tolist()
+    assert [t["logit"] for t in top] == pytest.approx(want.values.tolist(), abs=1e-4)
+    assert top[0]["label"] == names[top[0]["index"]]
+
+
+def test_predict_unreadable_image_is_exit_2(cli, tmp_path, digit_checkpoint):
+    _, path, _ = digit_checkpoint
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    res = cli("predict", "--model", "convnext-nano", "--weights", str(path), str(tmp_path / "bad.jpg"))
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "bad.jpg" in res.stderr
+
+
+def test_predict_offline_without_weights_names_the_file(cli, tmp_path):
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "x.png")
+    res = cli("predict", "--model", "convnext-b", str(tmp_path / "x.png"),
+              env={"https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"})
+    assert res.returncode == 2
+    assert "--weights /path/to/convnext_base.fb_in1k.safetensors" in res.stderr
+
+
+def test_corruptions_list_json(cli):
+    res = cli("corruptions", "--format", "json")
+    assert res.returncode == 0, res.stderr
+    names = [c["name"] for c in json.loads(res.stdout)["corruptions"]]
+    assert len(names) == 20 and "multiply_0" in names and "clean" not in names
+
+
+def test_corruptions_preview_gallery(cli, tmp_path):
+    import skimage.data
+
+    Image.fromarray(skimage.data.chelsea()).save(tmp_path / "cat.png")
+    res = cli("corruptions", "--preview", str(tmp_path / "cat.png"), "--out", str(tmp_path / "g.png"),
+              "--severities", "1,5")
+    assert res.returncode == 0, res.stderr
+    w, h = Image.open(tmp_path / "g.png").size
+    assert h > w  # one row per corruption, three columns
+
+
+def test_unknown_format_is_exit_2(cli):
+    res = cli("models", "--format", "yaml")
+    assert res.returncode == 2 and "--format" in res.stderr
+
+
+def test_models_lists_registry(cli):
+    res = cli("models", "--format", "json")
+    names = {m["name"] for m in json.loads(res.stdout)}
+    assert {"swin-b", "convnext-b", "convnext-nano"} <= names
+
+
+def test_bench_corrupt_reports_every_corruption(cli, tmp_path):
+    res = cli("bench", "corrupt", "--model", "convnext-nano", "--model", "swin-nano", "--images", "4",
+              "--repeats", "1", "--batch-size", "4", "--workers", "0", "--device", "cpu", "--out",
+              str(tmp_path), "--format", "json")
+    assert res.returncode == 0, res.stderr
+    data = json.loads((tmp_path / "bench_corrupt.json").read_text())
+    assert len(data["ms_per_image"]) == 20 and all(v > 0 for v in data["ms_per_image"].values())
+    p = data["pipeline"]
+    assert p["cells"] == 20 and 0 < p["ratio"] < 10
+    assert p["model_only_combined_ips"] < min(p["model_only_ips"].values())

@@ -1,0 +1,170 @@
+"""Registry, weight resolution and safe, strict checkpoint loading."""
+
+import os
+import pickle
+import re
+import urllib.error
+import urllib.request
+
+import pytest
+import torch
+
+from mamba_bench.errors import CheckpointError, UnknownNameError
+from mamba_bench.models import create_model, get_spec, read_state_dict, registered_models, save_checkpoint
+from mamba_bench.models.weights import load_weights_into, resolve_weights
+
+
+def test_aliases_pin_imagenet1k_weights_and_preprocessing():
+    swin = get_spec("swin-b")
+    assert swin.timm_name == "swin_base_patch4_window7_224.ms_in1k"
+    assert swin.input_size == 224 and swin.interpolation == "bicubic"
+    conv = get_spec("convnext-b")
+    assert conv.timm_name == "convnext_base.fb_in1k"
+    assert conv.weights_url.endswith("convnext_base.fb_in1k/resolve/main/model.safetensors")
+    assert conv.mean == pytest.approx((0.485, 0.456, 0.406))
+    assert {"swin-t", "swin-s", "convnext-t", "convnext-s", "convnext-nano", "swin-nano"} <= set(registered_models())
+
+
+def test_any_timm_name_resolves():
+    spec = get_spec("resnet18")
+    assert spec.family == "timm" and spec.num_classes == 1000
+    assert spec.weights_file.endswith(".safetensors")
+
+
+def test_unknown_model_lists_valid_names_and_suggests():
+    with pytest.raises(UnknownNameError) as exc:
+        get_spec("convnxt-b")
+    msg = str(exc.value)
+    assert "convnext-b" in msg and "swin-nano" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("name", ["convnext-nano", "swin-nano"])
+def test_nano_models_forward(name):
+    model = create_model(name)
+    assert not model.training
+    out = model(torch.randn(2, 3, 64, 64))
+    assert out.shape == (2, 10)
+    assert sum(p.numel() for p in model.parameters()) < 2_000_000
+
+
+def _trained_pair(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("convnext-nano")
+    path = save_checkpoint(model, tmp_path / "m.safetensors", {"mamba_bench_model": "convnext-nano"})
+    return model, path
+
+
+def test_safetensors_roundtrip_loads_strictly(tmp_path):
+    model, path = _trained_pair(tmp_path)
+    again = create_model("convnext-nano", weights=str(path))
+    x = torch.randn(1, 3, 64, 64)
+    assert torch.equal(model(x), again(x))
+
+
+@pytest.mark.parametrize("wrapper", ["model", "state_dict", None])
+def test_pth_with_wrappers_and_ddp_prefix(tmp_path, wrapper):
+    model, _ = _trained_pair(tmp_path)
+    sd = {f"module.{k}": v for k, v in model.state_dict().items()}
+    torch.save({wrapper: sd, "epoch": 3} if wrapper else sd, tmp_path / "c.pth")
+    again = create_model("convnext-nano", weights=str(tmp_path / "c.pth"))
+    for k, v in model.state_dict().items():
+        assert torch.equal(again.state_dict()[k], v)
+
+
+def test_mismatched_checkpoint_names_first_keys(tmp_path):
+    model, _ = _trained_pair(tmp_path)
+    sd = model.state_dict()
+    sd.pop("head.fc.weight")
+    sd["extra.weight"] = torch.zeros(1)
+    sd["stem.0.weight"] = torch.zeros(3, 3, 1, 1)
+    torch.save(sd, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError) as exc:
+        create_model("convnext-nano", weights=str(tmp_path / "bad.pth"))
+    msg = str(exc.value)
+    assert "1 missing: head.fc.weight" in msg
+    assert "1 unexpected: extra.weight" in msg
+    assert "stem.0.weight (3, 3, 1, 1)" in msg
+
+
+def test_checkpoint_of_another_architecture_is_refused(tmp_path):
+    swin = create_model("swin-nano")
+    path = save_checkpoint(swin, tmp_path / "swin.safetensors", {})
+    with pytest.raises(CheckpointError, match="does not fit convnext-nano"):
+        create_model("convnext-nano", weights=str(path))
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_pickle_is_not_executed(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = _Evil()
+    evil.marker = marker
+    with open(tmp_path / "evil.pth", "wb") as fh:
+        pickle.dump({"model": evil}, fh)
+    with pytest.raises(CheckpointError, match="refusing to load"):
+        read_state_dict(tmp_path / "evil.pth")
+    assert not marker.exists()
+
+
+def test_garbage_file_is_a_clear_error(tmp_path):
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        read_state_dict(tmp_path / "junk.pth")
+
+
+def test_url_download_is_cached_and_atomic(tmp_path):
+    model, path = _trained_pair(tmp_path)
+    url = path.resolve().as_uri()  # file:// goes through the same urllib download code
+    got = resolve_weights(url, cache=tmp_path / "cache")
+    assert got.parent == tmp_path / "cache" / "weights" and got.read_bytes() == path.read_bytes()
+    assert not list((tmp_path / "cache" / "weights").glob("*.part*"))
+    path.unlink()  # second resolution must come from the cache, not the source
+    assert resolve_weights(url, cache=tmp_path / "cache") == got
+    net = create_model("convnext-nano")
+    load_weights_into(net, url, get_spec("convnext-nano"), cache_dir=str(tmp_path / "cache"))
+
+
+def test_offline_download_names_the_file_to_pass(tmp_path):
+    with pytest.raises(CheckpointError) as exc:
+        resolve_weights("http://127.0.0.1:9/vssm_base_0229.pth", cache=tmp_path)
+    msg = str(exc.value)
+    assert "could not download" in msg and "--weights /path/to/vssm_base_0229.pth" in msg
+    assert not any(tmp_path.rglob("*vssm*"))
+
+
+def test_missing_weights_file(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        resolve_weights(str(tmp_path / "nope.pth"))
+
+
+def test_official_swin_layout_is_adapted_like_timm(tmp_path):
+    """A checkpoint in the official Swin release layout (relative_position_index buffers, `head.`)
+    loads through timm's filter, the single place foreign layouts are adapted."""
+    from mamba_bench.models.registry import _swin_nano
+
+    net = _swin_nano(10)
+    sd = {k: v.clone() for k, v in net.state_dict().items()}
+    official = {}
+    for k, v in sd.items():  # official layout: downsample at the end of the previous stage, `head.`
+        k = re.sub(r"layers\.(\d+)\.downsample", lambda m: f"layers.{int(m.group(1)) - 1}.downsample", k)
+        official[k.replace("head.fc.", "head.")] = v
+    assert "layers.0.downsample.reduction.weight" in official
+    torch.save({"model": official}, tmp_path / "swin_official.pth")
+    again = create_model("swin-nano", weights=str(tmp_path / "swin_official.pth"))
+    assert torch.equal(again.state_dict()["head.fc.weight"], sd["head.fc.weight"])
+
+
+def test_urllib_is_the_only_network_path(monkeypatch, tmp_path):
+    calls = []
+
+    def fake(*a, **k):
+        calls.append(a[0])
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(urllib.request, "urlopen", fake)
+    with pytest.raises(CheckpointError):
+        resolve_weights("https://example.invalid/w.safetensors", cache=tmp_path)
+    assert calls == ["https://example.invalid/w.safetensors"]
