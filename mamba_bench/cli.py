@@ -256,7 +256,11 @@ def demo(
 def main() -> None:
     """Console-script entry: user errors → one stderr line + exit 2; Ctrl-C → exit 130."""
     try:
-        app(standalone_mode=False)
+        rv = app(standalone_mode=False)  # typer turns Ctrl-C into a returned 130 in this mode
+        if rv == 130:
+            raise KeyboardInterrupt
+        if isinstance(rv, int) and rv:
+            sys.exit(rv)
     except MambaBenchError as exc:
         print(f"mamba-bench: error: {exc}", file=sys.stderr)
         sys.exit(2)

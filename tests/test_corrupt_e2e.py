@@ -112,10 +112,12 @@ def test_kill_minus_9_then_resume_gives_identical_tables(small_run, tmp_path):
 
 def test_ctrl_c_exits_130_and_keeps_finished_cells(tmp_path):
     out = tmp_path / "int"
-    args = [sys.executable, "-m", "mamba_bench.cli", "corrupt", *BASE, "--corruptions", "gaussian_blur",
+    args = [sys.executable, "-m", "mamba_bench.cli", "corrupt", *BASE, "--corruptions", "all",
             "--batch-size", "2", "--workers", "0", "--out", str(out)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"}
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a shell's background jobs inherit SIGINT ignored, and Python then installs no handler: restore it
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 240
     while time.time() < deadline and not list((out / "parts").glob("metrics-*.parquet")):
         time.sleep(0.05)
@@ -123,7 +125,9 @@ def test_ctrl_c_exits_130_and_keeps_finished_cells(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "resume" in err
-    assert list((out / "parts").glob("metrics-*.parquet"))
+    parts = list((out / "parts").glob("metrics-*.parquet"))
+    assert 1 <= len(parts) < 98 and not (out / "metrics.parquet").exists()
+    assert all(pd.read_parquet(p).shape[0] == 2 for p in parts)  # whole parts only: two models each
 
 
 def test_different_run_in_same_out_is_refused(small_run):

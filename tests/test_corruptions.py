@@ -9,7 +9,13 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from mamba_bench.corruptions import apply_corruption, corruption_seed, load_suite, make_gallery, mean_abs_change
+from mamba_bench.corruptions import (
+    apply_corruption,
+    corruption_seed,
+    load_suite,
+    make_gallery,
+    mean_abs_change,
+)
 from mamba_bench.data import eval_preprocess
 from mamba_bench.errors import MambaBenchError, UnknownNameError
 

@@ -5,8 +5,13 @@ import pandas as pd
 import pytest
 import torch
 
-from mamba_bench.eval.metrics import (add_clean_drop, corruption_errors, expected_calibration_error,
-                                      per_image, summarize)
+from mamba_bench.eval.metrics import (
+    add_clean_drop,
+    corruption_errors,
+    expected_calibration_error,
+    per_image,
+    summarize,
+)
 
 
 def test_per_image_top1_top5_nll():

@@ -8,8 +8,15 @@ from pathlib import Path
 import numpy as np
 
 from mamba_bench.data.embedded import DIGITS_SIZE, digits_split
+from mamba_bench.data.imagenet import (
+    EXPECTED,
+    WNID,
+    imagenet_descriptions,
+    imagenet_wnids,
+    scan_flat,
+    scan_imagefolder,
+)
 from mamba_bench.data.images import ImageReadError, eval_preprocess, load_image_rgb
-from mamba_bench.data.imagenet import EXPECTED, WNID, imagenet_descriptions, imagenet_wnids, scan_flat, scan_imagefolder
 from mamba_bench.errors import DataLayoutError
 
 EMBEDDED_DATASETS = {"digits": "scikit-learn's handwritten digits, held-out 25 % (450 images, 10 classes, 64 px)"}

@@ -25,7 +25,7 @@ from mamba_bench.errors import CheckpointError, MambaBenchError
 from mamba_bench.eval.metrics import add_clean_drop, corruption_errors, per_image, summarize
 from mamba_bench.models.preprocess import to_model_input
 from mamba_bench.models.registry import ModelSpec, get_spec
-from mamba_bench.models.weights import file_sha256, load_weights_into, resolve_weights
+from mamba_bench.models.weights import file_sha256, load_weights_into
 from mamba_bench.results.store import (
     METRICS_SCHEMA,
     PREDICTIONS_SCHEMA,
@@ -104,8 +104,17 @@ def pair_weights(models: Sequence[str], weights: Sequence[str]) -> list[str | No
     )
 
 
+def build_seeded(spec: ModelSpec, num_classes: int, seed: int) -> torch.nn.Module:
+    """Initialise a model from ``(seed, name)`` alone, leaving the global RNG as it was."""
+    import zlib
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed * 1_000_003 + zlib.crc32(spec.name.encode()))
+        return spec.build(num_classes)
+
+
 def load_models(names: Sequence[str], weights: Sequence[str], num_classes: int, *, random_init: bool,
-                cache_dir: str | None, dataset: str) -> list[LoadedModel]:
+                cache_dir: str | None, dataset: str, seed: int = 0) -> list[LoadedModel]:
     if len(set(names)) != len(names):
         raise MambaBenchError(f"a --model is named twice: {', '.join(names)}")
     specs = [get_spec(n) for n in names]  # every name checked before any weights are fetched
@@ -118,7 +127,7 @@ def load_models(names: Sequence[str], weights: Sequence[str], num_classes: int, 
                     "--weights FILE (or --random-init for a smoke test)"
                 )
             ref = spec.weights_url
-        module = spec.build(num_classes)
+        module = build_seeded(spec, num_classes, seed)
         sha = None
         if ref is not None:
             path = load_weights_into(module, ref, spec, cache_dir=cache_dir)
@@ -207,8 +216,14 @@ def iterate_cells(images: np.ndarray, ids: list[str], labels: torch.Tensor,
 
 
 def _progress(enabled: bool):
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
-                               TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
     from rich.text import Text
 
     class Speed(ProgressColumn):
@@ -241,7 +256,7 @@ def run_corrupt(cfg: CorruptConfig) -> RunResult:
 
     ds = open_dataset(cfg.data, per_class=cfg.per_class, seed=cfg.seed, labels=cfg.labels)
     models = load_models(cfg.models, cfg.weights, ds.num_classes, random_init=cfg.random_init,
-                         cache_dir=cfg.cache_dir, dataset=ds.name)
+                         cache_dir=cfg.cache_dir, dataset=ds.name, seed=cfg.seed)
 
     # Only what changes results goes into the fingerprint: never batch size, workers or device.
     result_config = {

@@ -6,11 +6,11 @@ import json
 
 import torch
 
+from mamba_bench.errors import MambaBenchError
 from mamba_bench.eval.corrupt import resolve_device
 from mamba_bench.models.preprocess import to_model_input
 from mamba_bench.models.registry import get_spec
 from mamba_bench.models.weights import load_weights_into
-from mamba_bench.errors import MambaBenchError
 
 
 def class_names(num_classes: int, weights_path=None) -> list[str]:
