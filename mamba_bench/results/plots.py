@@ -55,16 +55,23 @@ def write_corruption_plots(metrics: pd.DataFrame, out: Path, models: list[str], 
     if cor:
         cols = 5
         rows = (len(cor) + cols - 1) // cols
-        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False, sharey=True)
+        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False, sharey=True,
+                                 gridspec_kw={"hspace": 0.45})
         clean = metrics[metrics.corruption == "clean"].set_index("model")["top1"]
         for ax, c in zip(axes.flat, cor, strict=False):
             g = metrics[metrics.corruption == c]
-            for model in models:
+            free = bool((g["severity"] == 0).all())
+            for k, model in enumerate(models):
                 gm = g[g.model == model].sort_values("severity")
+                color = f"C{k}"
+                if free:  # one value, no severity axis: clean point + dashed level
+                    ax.plot([0], [clean.get(model, np.nan)], marker="o", ms=3, color=color, label=model)
+                    ax.axhline(float(gm["top1"].iloc[0]), color=color, ls="--", lw=1.2)
+                    continue
                 xs = [0, *gm["severity"].tolist()]
                 ys = [clean.get(model, np.nan), *gm["top1"].tolist()]
-                ax.plot(xs, ys, marker="o", ms=3, label=model)
-            ax.set_title(c, fontsize=9)
+                ax.plot(xs, ys, marker="o", ms=3, color=color, label=model)
+            ax.set_title(f"{c} (severity-free, dashed)" if free else c, fontsize=8)
             ax.set_xticks(range(0, 6))
             ax.set_ylim(0, 100)
             ax.grid(alpha=0.3)
