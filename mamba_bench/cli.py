@@ -243,7 +243,8 @@ def bench_corrupt(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Run directory of the demo.")] = Path("runs/demo"),
-    epochs: Annotated[int, typer.Option(help="Training epochs of the small digit models.")] = 40,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs of the digit models (default per model).")]
+    = None,
     workers: Annotated[int | None, typer.Option()] = None,
     progress: Annotated[bool, typer.Option()] = True,
 ) -> None:

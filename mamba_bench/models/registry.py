@@ -144,6 +144,31 @@ register(ModelSpec("swin-nano", _swin_nano, "Swin, 3 stages (32-128 ch), window 
                    "timm-arch", num_classes=10, input_size=64, crop_pct=1.0))
 
 
+def _vmamba_builder(cfg) -> Callable[[int], nn.Module]:
+    def build(num_classes: int) -> nn.Module:
+        from mamba_bench.models.vmamba import VMamba
+
+        return VMamba(cfg, num_classes=num_classes)
+
+    return build
+
+
+def _register_vmamba() -> None:
+    from mamba_bench.models.vmamba import VMAMBA_VARIANTS
+
+    for name, (official, cfg, url, top1) in VMAMBA_VARIANTS.items():
+        nano = name.endswith("-nano")
+        desc = (f"VMamba {official}: depths {list(cfg.depths)}, dim {cfg.embed_dim}, ssm_ratio {cfg.ssm_ratio:g}, "
+                f"d_state {cfg.d_state}" + (f"; {top1} % ImageNet-1k top-1 (official)" if top1 else "")
+                + ("; for 64 px embedded data" if nano else "") + ("" if url or nano else "; no public release"))
+        register(ModelSpec(name, _vmamba_builder(cfg), desc, "vmamba", num_classes=10 if nano else 1000,
+                           input_size=64 if nano else 224, crop_pct=1.0 if nano else 0.875, weights_url=url,
+                           weights_file=url.rsplit("/", 1)[-1] if url else None))
+
+
+_register_vmamba()
+
+
 def get_spec(name: str) -> ModelSpec:
     """Resolve a registry name, an alias or any timm model name; unknown → one clear error."""
     spec = _REGISTRY.get(name)

@@ -128,6 +128,7 @@ def _all_tensors(d: dict) -> bool:
 def check_fit(model: torch.nn.Module, state: dict[str, torch.Tensor], label: str) -> None:
     """Raise one readable error naming the first missing, unexpected and mis-shaped keys."""
     own = model.state_dict()
+    state = _accept_1x1_conv_linears(model, state)
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shapes = [f"{k} {tuple(state[k].shape)} vs model {tuple(v.shape)}"
@@ -140,6 +141,17 @@ def check_fit(model: torch.nn.Module, state: dict[str, torch.Tensor], label: str
             more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
             parts.append(f"{len(items)} {what}: {', '.join(items[:3])}{more}")
     raise CheckpointError(f"checkpoint does not fit {label}: " + "; ".join(parts))
+
+
+def _accept_1x1_conv_linears(model: torch.nn.Module, state: dict) -> dict:
+    """A 2-D Linear weight may arrive in its 1x1-conv form (the one layout change VMamba's loader accepts)."""
+    own = model.state_dict()
+    out = dict(state)
+    for k, v in state.items():
+        w = own.get(k)
+        if w is not None and w.dim() == 2 and v.dim() == 4 and tuple(v.shape) == (*w.shape, 1, 1):
+            out[k] = v.flatten(1)
+    return out
 
 
 def _timm_filter(model: torch.nn.Module, state: dict, spec: ModelSpec | None) -> dict:
@@ -167,7 +179,16 @@ def load_weights_into(model: torch.nn.Module, ref: str, spec: ModelSpec | None =
     own = model.state_dict()
     if set(state) != set(own):
         state = _timm_filter(model, state, spec)
-    check_fit(model, state, spec.name if spec else type(model).__name__)
+    try:
+        check_fit(model, state, spec.name if spec else type(model).__name__)
+    except CheckpointError as exc:
+        if spec is not None and spec.family == "vmamba":
+            from mamba_bench.models.vmamba import diagnose_checkpoint
+
+            hint = diagnose_checkpoint(state, spec.name)
+            if hint:
+                raise CheckpointError(f"{path.name} does not fit {spec.name}: {hint}") from None
+        raise exc
     model.load_state_dict(state, strict=True)
     return path
 

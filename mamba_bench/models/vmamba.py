@@ -1,0 +1,335 @@
+"""VMamba (VSSM) in the project's own code, state_dict-compatible with the official v2 releases.
+
+Layout of the v2 family (forward type ``v05_noz``, downsample v3, patch-embed v2, LayerNorm-2d,
+channel-first throughout), read from the official configs and checkpoints of MzeroMiko/VMamba:
+
+    patch_embed.{0: conv 3x3/2 → C/2, 2: LN2d, 4: GELU, 5: conv 3x3/2 → C, 7: LN2d}
+    layers.i.blocks.j.{norm, op (SS2D), norm2, mlp.{fc1, fc2}}    x += op(norm(x)); x += mlp(norm2(x))
+    layers.i.downsample.{1: conv 3x3/2 → 2C, 3: LN2d}              (not after the last stage)
+    classifier.{norm, head}                                         LN2d → global average pool → linear
+
+SS2D (``op``): in_proj (1x1, no bias) → depthwise 3x3 conv (no bias) → SiLU → cross-scan into 4
+directions → per direction x_proj to (Δ-rank, B, C) → dt_proj → selective scan with Δ-bias and
+softplus, A = −exp(A_logs), skip D → cross-merge (sum of directions) → out_norm (LN2d) → out_proj.
+Point-wise linears ("Linear2d") store 2-D weights; the official loader also accepts their 4-D 1x1
+conv form, and so does this one (the only layout conversion made at load time).
+
+Any input size works: convolutions with padding shrink odd sizes the way the official code does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mamba_bench.ops.cross_scan import cross_merge, cross_scan
+from mamba_bench.ops.selective_scan import selective_scan
+
+
+@dataclass(frozen=True)
+class VMambaConfig:
+    depths: tuple[int, ...] = (2, 2, 8, 2)
+    embed_dim: int = 96
+    d_state: int = 1
+    ssm_ratio: float = 1.0
+    dt_rank: int | str = "auto"
+    mlp_ratio: float = 4.0
+    d_conv: int = 3
+    patch_size: int = 4
+    in_chans: int = 3
+    drop_path_rate: float = 0.0
+
+    @property
+    def dims(self) -> list[int]:
+        return [self.embed_dim * 2**i for i in range(len(self.depths))]
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channel axis of an NCHW tensor."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias,
+                            self.eps).permute(0, 3, 1, 2)
+
+
+class Linear2d(nn.Linear):
+    """A 1x1 convolution with a Linear's 2-D weight (what the official checkpoints store)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight[:, :, None, None], self.bias)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        w = state_dict.get(prefix + "weight")
+        if w is not None and w.dim() == 4 and w.shape[2:] == (1, 1):
+            state_dict[prefix + "weight"] = w.flatten(1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class Recorder:
+    """What ``capture_internals`` collects: ``rec[block_name][tensor_name] → tensor``."""
+
+    def __init__(self, names: frozenset[str], detach: bool):
+        self.names, self.detach, self.data = names, detach, {}
+
+    def put(self, block: str, name: str, value: torch.Tensor) -> None:
+        if name in self.names:
+            self.data.setdefault(block, {})[name] = value.detach() if self.detach else value
+
+    def __getitem__(self, block: str) -> dict[str, torch.Tensor]:
+        return self.data[block]
+
+    def blocks(self) -> list[str]:
+        return list(self.data)
+
+
+INTERNALS = frozenset({"x", "conv", "delta", "B", "C", "scan", "out"})
+
+
+@contextmanager
+def capture_internals(model: nn.Module, names=INTERNALS, detach: bool = True) -> Iterator[Recorder]:
+    """Record per-block SS2D internals during forward passes inside the ``with`` block.
+
+    Names: ``x`` (SSM input after conv + SiLU, (B, D, H, W)), ``conv`` (depthwise conv output before
+    the activation), ``delta`` (Δ after bias + softplus, (B, 4, D, L)), ``B``/``C`` ((B, 4, N, L)),
+    ``scan`` (selective-scan output per direction, (B, 4, D, L)), ``out`` (block output). Keys of the
+    recorder are the blocks' module names (``layers.0.blocks.1``). Only the model passed in is
+    touched, and nothing is recorded (or computed) outside the context.
+    """
+    unknown = set(names) - INTERNALS
+    if unknown:
+        raise ValueError(f"unknown internals {sorted(unknown)}; valid: {sorted(INTERNALS)}")
+    rec = Recorder(frozenset(names), detach)
+    blocks = [(n, m) for n, m in model.named_modules() if isinstance(m, VSSBlock)]
+    for n, m in blocks:
+        m._recorder, m._record_name = rec, n
+        m.op._recorder, m.op._record_name = rec, n
+    try:
+        yield rec
+    finally:
+        for _, m in blocks:
+            m._recorder = m.op._recorder = None
+
+
+class SS2D(nn.Module):
+    def __init__(self, dim: int, d_state: int, ssm_ratio: float, dt_rank: int | str = "auto", d_conv: int = 3):
+        super().__init__()
+        self.d_inner = d_inner = int(ssm_ratio * dim)
+        self.d_state = d_state
+        self.dt_rank = dt_rank = math.ceil(dim / 16) if dt_rank == "auto" else int(dt_rank)
+        k = 4
+        self.in_proj = Linear2d(dim, d_inner, bias=False)
+        self.conv2d = nn.Conv2d(d_inner, d_inner, d_conv, padding=(d_conv - 1) // 2, groups=d_inner, bias=False)
+        self.act = nn.SiLU()
+        self.x_proj_weight = nn.Parameter(torch.empty(k, dt_rank + 2 * d_state, d_inner))
+        self.dt_projs_weight = nn.Parameter(torch.empty(k, d_inner, dt_rank))
+        self.dt_projs_bias = nn.Parameter(torch.empty(k, d_inner))
+        self.A_logs = nn.Parameter(torch.empty(k * d_inner, d_state))
+        self.Ds = nn.Parameter(torch.ones(k * d_inner))
+        self.out_norm = LayerNorm2d(d_inner)
+        self.out_proj = Linear2d(d_inner, dim, bias=False)
+        self.scan_backend = "auto"
+        self._recorder: Recorder | None = None
+        self._record_name = ""
+        self.reset_ssm_parameters()
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self, dt_min: float = 1e-3, dt_max: float = 0.1, dt_floor: float = 1e-4) -> None:
+        """Mamba's initialisation: S4D-real A, Δ-bias = softplus⁻¹ of a log-uniform Δ in [dt_min, dt_max]."""
+        d, n, r = self.d_inner, self.d_state, self.dt_rank
+        nn.init.uniform_(self.x_proj_weight, -(d ** -0.5), d ** -0.5)
+        nn.init.uniform_(self.dt_projs_weight, -(r ** -0.5), r ** -0.5)
+        dt = torch.exp(torch.rand(4, d) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=dt_floor)
+        self.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        self.A_logs.copy_(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(4 * d, 1))
+        self.Ds.fill_(1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rec = self._recorder
+        x = self.in_proj(x)
+        x = self.conv2d(x)
+        if rec is not None:
+            rec.put(self._record_name, "conv", x)
+        x = self.act(x)
+        if rec is not None:
+            rec.put(self._record_name, "x", x)
+        b, d, h, w = x.shape
+        k, n, r, length = 4, self.d_state, self.dt_rank, h * w
+        xs = cross_scan(x)                                                     # (b, 4, d, L)
+        x_dbl = F.conv1d(xs.reshape(b, k * d, length), self.x_proj_weight.reshape(-1, d, 1), groups=k)
+        dts, Bs, Cs = torch.split(x_dbl.view(b, k, -1, length), [r, n, n], dim=2)
+        dts = F.conv1d(dts.reshape(b, k * r, length), self.dt_projs_weight.reshape(k * d, r, 1), groups=k)
+        As = -torch.exp(self.A_logs.float())
+        delta_bias = self.dt_projs_bias.reshape(-1).float()
+        u = xs.reshape(b, k * d, length)
+        if rec is None:  # Δ-bias and softplus fused into the scan
+            ys = selective_scan(u, dts, As, Bs.contiguous(), Cs.contiguous(), self.Ds.float(), delta_bias,
+                                delta_softplus=True, backend=self.scan_backend)
+        else:  # Δ made explicitly, so the recorded tensor is the one on the graph
+            delta = F.softplus(dts.float() + delta_bias[None, :, None]).view(b, k, d, length)
+            rec.put(self._record_name, "delta", delta)  # recorded upstream of the scan: gradients reach it
+            rec.put(self._record_name, "B", Bs)
+            rec.put(self._record_name, "C", Cs)
+            ys = selective_scan(u, delta.reshape(b, k * d, length), As, Bs.contiguous(), Cs.contiguous(), self.Ds.float(), None,
+                                delta_softplus=False, backend=self.scan_backend)
+        ys = ys.float().view(b, k, d, length)
+        if rec is not None:
+            rec.put(self._record_name, "scan", ys)
+        y = cross_merge(ys, h, w).view(b, d, h, w)
+        y = self.out_norm(y).to(x.dtype)
+        return self.out_proj(y)
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = Linear2d(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = Linear2d(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class DropPath(nn.Module):
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = x.new_empty(x.shape[0], 1, 1, 1).bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p)
+
+
+class VSSBlock(nn.Module):
+    def __init__(self, dim: int, cfg: VMambaConfig, drop_path: float = 0.0):
+        super().__init__()
+        self.norm = LayerNorm2d(dim)
+        self.op = SS2D(dim, cfg.d_state, cfg.ssm_ratio, cfg.dt_rank, cfg.d_conv)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = LayerNorm2d(dim)
+        self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio))
+        self._recorder: Recorder | None = None
+        self._record_name = ""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.op(self.norm(x)))
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        if self._recorder is not None:
+            self._recorder.put(self._record_name, "out", x)
+        return x
+
+
+def _downsample(dim: int, out_dim: int) -> nn.Sequential:
+    return nn.Sequential(nn.Identity(), nn.Conv2d(dim, out_dim, 3, stride=2, padding=1), nn.Identity(),
+                         LayerNorm2d(out_dim))
+
+
+class VMamba(nn.Module):
+    """The VSSM classifier (v2 family). ``forward(x)`` takes normalised NCHW images."""
+
+    def __init__(self, cfg: VMambaConfig = VMambaConfig(), num_classes: int = 1000):
+        super().__init__()
+        self.cfg = cfg
+        dims = cfg.dims
+        c0 = dims[0]
+        stride = cfg.patch_size // 2
+        self.patch_embed = nn.Sequential(
+            nn.Conv2d(cfg.in_chans, c0 // 2, stride + 1, stride=stride, padding=1), nn.Identity(),
+            LayerNorm2d(c0 // 2), nn.Identity(), nn.GELU(),
+            nn.Conv2d(c0 // 2, c0, stride + 1, stride=stride, padding=1), nn.Identity(), LayerNorm2d(c0),
+        )
+        rates = torch.linspace(0, cfg.drop_path_rate, sum(cfg.depths)).tolist()
+        self.layers = nn.ModuleList()
+        for i, depth in enumerate(cfg.depths):
+            start = sum(cfg.depths[:i])
+            blocks = nn.Sequential(*[VSSBlock(dims[i], cfg, rates[start + j]) for j in range(depth)])
+            down = _downsample(dims[i], dims[i + 1]) if i < len(cfg.depths) - 1 else nn.Identity()
+            self.layers.append(nn.Sequential(OrderedDict(blocks=blocks, downsample=down)))
+        self.num_features = dims[-1]
+        self.classifier = nn.Sequential(OrderedDict(
+            norm=LayerNorm2d(self.num_features), permute=nn.Identity(), avgpool=nn.AdaptiveAvgPool2d(1),
+            flatten=nn.Flatten(1), head=nn.Linear(self.num_features, num_classes)))
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def set_scan_backend(self, backend: str) -> None:
+        for m in self.modules():
+            if isinstance(m, SS2D):
+                m.scan_backend = backend
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x)
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.forward_features(x))
+
+
+# -- registry entries -----------------------------------------------------------------------------
+RELEASES = "https://github.com/MzeroMiko/VMamba/releases/download/"
+
+# name → (official config name, config, release URL or None, reported ImageNet-1k top-1)
+VMAMBA_VARIANTS: dict[str, tuple[str, VMambaConfig, str | None, float | None]] = {
+    "vmamba-t": ("vssm1_tiny_0230s", VMambaConfig((2, 2, 8, 2), 96, 1, 1.0),
+                 RELEASES + "%23v2cls/vssm1_tiny_0230s_ckpt_epoch_264.pth", 82.6),
+    "vmamba-t-s2l5": ("vssm_tiny_0230", VMambaConfig((2, 2, 5, 2), 96, 1, 2.0),
+                      RELEASES + "%2320240316/vssm_tiny_0230_ckpt_epoch_262.pth", 82.5),
+    "vmamba-s": ("vssm_small_0229", VMambaConfig((2, 2, 15, 2), 96, 1, 2.0),
+                 RELEASES + "%23v2cls/vssm_small_0229_ckpt_epoch_222.pth", 83.6),
+    "vmamba-b": ("vssm_base_0229", VMambaConfig((2, 2, 15, 2), 128, 1, 2.0),
+                 RELEASES + "%23v2cls/vssm_base_0229_ckpt_epoch_237.pth", 83.9),
+    "vmamba-s-s1l20": ("vssm1_small_0229s", VMambaConfig((2, 2, 20, 2), 96, 1, 1.0), None, None),
+    "vmamba-b-s1l20": ("vssm1_base_0229s", VMambaConfig((2, 2, 20, 2), 128, 1, 1.0), None, None),
+    # small variant for the embedded 64 px data: same blocks, a few hundred k parameters
+    "vmamba-nano": ("vmamba-nano (mamba-bench)", VMambaConfig((1, 1, 2, 1), 32, 1, 1.0), None, None),
+}
+
+
+def infer_config(state: dict[str, torch.Tensor]) -> VMambaConfig | None:
+    """The v2 config a state_dict was saved from (None if it is not a v2 VMamba state_dict)."""
+    try:
+        embed = int(state["patch_embed.5.weight"].shape[0])
+        stages = sorted({int(k.split(".")[1]) for k in state if k.startswith("layers.")})
+        depths = tuple(len({int(k.split(".")[3]) for k in state if k.startswith(f"layers.{i}.blocks.")})
+                       for i in stages)
+        d_inner, _ = state["layers.0.blocks.0.op.in_proj.weight"].shape[:2]
+        d_state = int(state["layers.0.blocks.0.op.A_logs"].shape[1])
+    except (KeyError, IndexError, ValueError):
+        return None
+    return VMambaConfig(depths, embed, d_state, d_inner / embed)
+
+
+def diagnose_checkpoint(state: dict[str, torch.Tensor], wanted: str) -> str | None:
+    """A sentence saying which VMamba config a non-fitting checkpoint belongs to, if one can tell."""
+    if any(".self_attention." in k or ".ln_1." in k for k in state) or "patch_embed.proj.weight" in state:
+        return ("it is a VMamba v0 ('vanilla', forward_type v0) checkpoint; mamba-bench implements the v2 "
+                "family (vmamba-t/-s/-b): pass a v2 release checkpoint")
+    cfg = infer_config(state)
+    if cfg is None:
+        return None
+    for name, (official, known, _, _) in VMAMBA_VARIANTS.items():
+        if (known.depths, known.embed_dim, known.d_state, known.ssm_ratio) == (
+                cfg.depths, cfg.embed_dim, cfg.d_state, cfg.ssm_ratio) and name != wanted:
+            return f"it looks like a {name} checkpoint ({official}); use --model {name}"
+    return (f"it is a VMamba checkpoint of depths {list(cfg.depths)}, dim {cfg.embed_dim}, "
+            f"ssm_ratio {cfg.ssm_ratio:g}, d_state {cfg.d_state}, which no registry entry has")
