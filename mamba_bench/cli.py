@@ -240,6 +240,66 @@ def bench_corrupt(
         f"  ratio end-to-end / model-only: {p['ratio']:.3f}")
 
 
+@bench_app.command("scan")
+def bench_scan_cmd(
+    backend: Annotated[list[str] | None, typer.Option(help="Backends to time (default: auto's CPU pick and ref).")]
+    = None,
+    d_state: Annotated[list[int] | None, typer.Option(help="State sizes (default 1 and 16).")] = None,
+    threads: Annotated[int, typer.Option(help="CPU threads.")] = 2,
+    length: Annotated[int, typer.Option(help="Sequence length (VMamba-T stage 1: 3136).")] = 3136,
+    out: Annotated[Path, typer.Option(help="Where bench_scan.json goes.")] = Path("runs/bench"),
+    fmt: FormatOpt = "table",
+) -> None:
+    """Selective scan at VMamba-T's stage-1 shape: time, peak memory and error vs the reference loop."""
+    from mamba_bench.eval.bench_ssm import STAGE1, bench_scan
+    from mamba_bench.ops.selective_scan import available_backends
+
+    _check_format(fmt)
+    backends = backend or [available_backends("cpu")[0], "ref"]
+    res = bench_scan(backends=backends, d_states=d_state or [1, 16], threads=threads, out=out,
+                     shape={**STAGE1, "length": length})
+    if fmt == "json":
+        print(json.dumps(res, indent=2))
+        return
+    table = Table(title=f"selective scan, batch {res['shape']['batch']}, {res['shape']['dim']} channels, "
+                        f"L {res['shape']['length']}, fp32, {threads} threads")
+    for c in ("backend", "d_state", "pass", "seconds", "× vs ref", "peak MB", "max rel. error"):
+        table.add_column(c, justify="right")
+    for r in res["rows"]:
+        table.add_row(r["backend"], str(r["d_state"]), r["pass"], f"{r['seconds']:.3f}",
+                      f"{r['speedup_vs_ref']:.1f}" if r.get("speedup_vs_ref") else "—", f"{r['peak_mb']:.0f}",
+                      f"{r['max_rel_error_vs_ref']:.1e}" if "max_rel_error_vs_ref" in r else "—")
+    out_console.print(table)
+
+
+@bench_app.command("models")
+def bench_models_cmd(
+    model: Annotated[list[str] | None, typer.Option("--model", "-m", help="Models (default vmamba-t, swin-t, "
+                                                    "convnext-t).")] = None,
+    batch_size: Annotated[int, typer.Option()] = 8,
+    threads: Annotated[int, typer.Option()] = 2,
+    repeats: Annotated[int, typer.Option()] = 3,
+    device: DeviceOpt = "auto",
+    out: Annotated[Path, typer.Option(help="Where bench_models.json goes.")] = Path("runs/bench"),
+    fmt: FormatOpt = "table",
+) -> None:
+    """Images/s at 224 px of VMamba next to Swin and ConvNeXt, same machine, same run."""
+    from mamba_bench.eval.bench_ssm import bench_models
+
+    _check_format(fmt)
+    res = bench_models(models=model or ["vmamba-t", "swin-t", "convnext-t"], batch=batch_size, threads=threads,
+                       repeats=repeats, device=device, out=out)
+    if fmt == "json":
+        print(json.dumps(res, indent=2))
+        return
+    table = Table(title=f"throughput, batch {batch_size}, {res['device']}, {threads} threads")
+    for c in ("model", "params (M)", "images/s"):
+        table.add_column(c, justify="right")
+    for r in res["rows"]:
+        table.add_row(r["model"], f"{r['params_m']:.1f}", f"{r['images_per_second']:.2f}")
+    out_console.print(table)
+
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Run directory of the demo.")] = Path("runs/demo"),

@@ -99,3 +99,15 @@ def test_cross_scan_orders_and_merge_is_adjoint():
     assert torch.equal(cross_merge(xs, 4, 5), 4 * x.flatten(2))
     y = torch.randn(2, 4, 3, 20)
     assert torch.allclose((cross_scan(x) * y).sum(), (x.flatten(2) * cross_merge(y, 4, 5)).sum(), rtol=1e-5)
+
+
+def test_bench_scan_reports_speed_memory_and_error(tmp_path):
+    from mamba_bench.eval.bench_ssm import STAGE1, bench_scan
+
+    res = bench_scan(backends=["cpu", "ref"], d_states=[4], threads=1, out=tmp_path,
+                     shape={**STAGE1, "batch": 1, "dim": 16, "length": 64})
+    rows = {(r["backend"], r["pass"]): r for r in res["rows"]}
+    assert set(rows) == {("cpu", "fwd"), ("ref", "fwd"), ("cpu", "fwd+bwd"), ("ref", "fwd+bwd")}
+    assert rows[("cpu", "fwd")]["max_rel_error_vs_ref"] <= 1e-4
+    assert rows[("ref", "fwd")]["speedup_vs_ref"] == 1.0
+    assert (tmp_path / "bench_scan.json").exists() and not (tmp_path / ".scan-outputs").exists()

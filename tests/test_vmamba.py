@@ -25,7 +25,8 @@ def test_official_tiny_layout_keys_and_shapes():
         "layers.0.blocks.0.op.Ds": (384,), "layers.0.blocks.0.op.out_norm.weight": (96,),
         "layers.0.blocks.0.op.out_proj.weight": (96, 96), "layers.0.blocks.0.mlp.fc1.weight": (384, 96),
         "layers.0.downsample.1.weight": (192, 96, 3, 3), "layers.0.downsample.3.weight": (192,),
-        "layers.2.blocks.7.norm2.weight": (384,), "classifier.norm.weight": (768,), "classifier.head.weight": (1000, 768),
+        "layers.2.blocks.7.norm2.weight": (384,), "classifier.norm.weight": (768,),
+        "classifier.head.weight": (1000, 768),
     }
     for k, shape in want.items():
         assert tuple(sd[k].shape) == shape, k

@@ -176,8 +176,8 @@ class SS2D(nn.Module):
             rec.put(self._record_name, "delta", delta)  # recorded upstream of the scan: gradients reach it
             rec.put(self._record_name, "B", Bs)
             rec.put(self._record_name, "C", Cs)
-            ys = selective_scan(u, delta.reshape(b, k * d, length), As, Bs.contiguous(), Cs.contiguous(), self.Ds.float(), None,
-                                delta_softplus=False, backend=self.scan_backend)
+            ys = selective_scan(u, delta.reshape(b, k * d, length), As, Bs.contiguous(), Cs.contiguous(),
+                                self.Ds.float(), None, delta_softplus=False, backend=self.scan_backend)
         ys = ys.float().view(b, k, d, length)
         if rec is not None:
             rec.put(self._record_name, "scan", ys)

@@ -37,7 +37,8 @@ def _fwd(u, delta, A, Bt, Ct, D, group_size, y, hs, save):  # pragma: no cover -
 
 
 @numba.njit(parallel=True, cache=True)
-def _bwd(u, delta, A, Bt, Ct, D, group_size, hs, gy, gu, gdelta, gA_part, gB_part, gC_part, gD_part):  # pragma: no cover
+def _bwd(u, delta, A, Bt, Ct, D, group_size, hs, gy,  # pragma: no cover - compiled
+         gu, gdelta, gA_part, gB_part, gC_part, gD_part):
     nb, nd, length = u.shape
     n = A.shape[1]
     for job in prange(nb * nd):
