@@ -109,6 +109,26 @@ def test_malicious_pickle_is_not_executed(tmp_path):
     assert not marker.exists()
 
 
+class FakeCfgNode(dict):
+    """Like yacs' CfgNode: a dict subclass pickled next to the weights in official releases."""
+
+
+def test_checkpoint_with_config_objects_loads_tensors_without_running_code(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = _Evil()
+    evil.marker = marker
+    model = create_model("convnext-nano")
+    cfg = FakeCfgNode(MODEL=FakeCfgNode(NAME="x"), HOOK=evil)
+    torch.save({"model": model.state_dict(), "config": cfg, "epoch": 3, "max_accuracy": 80.1},
+               tmp_path / "release.pth")
+    with pytest.raises(Exception):  # the strict weights-only loader alone refuses this file
+        torch.load(tmp_path / "release.pth", weights_only=True)
+    state = read_state_dict(tmp_path / "release.pth")
+    assert not marker.exists()
+    assert set(state) == set(model.state_dict())
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
 def test_garbage_file_is_a_clear_error(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint at all")
     with pytest.raises(CheckpointError, match="cannot read checkpoint"):

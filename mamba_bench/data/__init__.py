@@ -1,4 +1,9 @@
-"""Data sets: one ``open_dataset(data)`` for directories and embedded names, giving an :class:`ImageSet`."""
+"""Data sets: one :func:`open_dataset` for directories and embedded names, giving an :class:`ImageSet`.
+
+An :class:`ImageSet` is a sorted, deterministic list of :class:`Sample` (id, label, path) plus a
+loader that returns the eval-preprocessed uint8 image. Preprocessing happens here, before any
+corruption, so every corruption and every model sees the same clean pixels.
+"""
 
 from __future__ import annotations
 
@@ -7,26 +12,19 @@ from pathlib import Path
 
 import numpy as np
 
-from mamba_bench.data.embedded import DIGITS_SIZE, digits_split
-from mamba_bench.data.imagenet import (
-    EXPECTED,
-    WNID,
-    imagenet_descriptions,
-    imagenet_wnids,
-    scan_flat,
-    scan_imagefolder,
-)
-from mamba_bench.data.images import ImageReadError, eval_preprocess, load_image_rgb
-from mamba_bench.errors import DataLayoutError
+from mamba_bench.data.embedded import DIGITS_SIZE, EMBEDDED_DATASETS, digits_split
+from mamba_bench.data.imagenet import EXPECTED, add_capped, scan_directory
+from mamba_bench.data.images import ImageReadError, default_resize, eval_preprocess, load_image_rgb
+from mamba_bench.errors import DataLayoutError, MambaBenchError
 
-EMBEDDED_DATASETS = {"digits": "scikit-learn's handwritten digits, held-out 25 % (450 images, 10 classes, 64 px)"}
-
-__all__ = ["EMBEDDED_DATASETS", "ImageReadError", "ImageSet", "Sample", "eval_preprocess", "load_image_rgb",
-           "open_dataset"]
+__all__ = ["EMBEDDED_DATASETS", "ImageReadError", "ImageSet", "Sample", "digits_split", "eval_preprocess",
+           "load_image_rgb", "open_dataset", "sample_per_class"]
 
 
 @dataclass(frozen=True)
 class Sample:
+    """One image: ``image_id`` is stable across machines (path relative to the data root, ``/``)."""
+
     image_id: str
     label: int
     path: Path | None
@@ -34,7 +32,13 @@ class Sample:
 
 @dataclass
 class ImageSet:
-    """Samples sorted by id, with a loader that returns the preprocessed uint8 image."""
+    """Samples sorted by id, with a loader that returns the preprocessed uint8 image.
+
+    ``class_ids`` are the machine names of the labels (wnids for ImageNet, folder names for a
+    generic ImageFolder, "0".."9" for digits); ``resize`` is the shorter-side size before the
+    center crop (None: :func:`default_resize`); ``arrays`` holds the already-preprocessed images
+    of an embedded data set, row ``i`` ↔ ``samples[i]``.
+    """
 
     name: str
     root: str
@@ -44,6 +48,7 @@ class ImageSet:
     num_classes: int
     image_size: int
     notes: list[str] = field(default_factory=list)
+    class_ids: list[str] = field(default_factory=list)
     resize: int | None = None
     arrays: np.ndarray | None = field(default=None, repr=False)
 
@@ -51,79 +56,94 @@ class ImageSet:
         return len(self.samples)
 
     def load(self, i: int) -> np.ndarray:
+        """Image ``i`` as uint8 ``image_size x image_size x 3``; :class:`ImageReadError` if unusable.
+
+        Returns a fresh array each call, so a caller may corrupt it in place.
+        """
         if self.arrays is not None:
-            return self.arrays[i]
-        return eval_preprocess(load_image_rgb(self.samples[i].path), self.image_size, self.resize)
+            return self.arrays[i].copy()
+        path = self.samples[i].path
+        if path is None:
+            raise ImageReadError("no file and no embedded pixels for this sample")
+        return eval_preprocess(load_image_rgb(path), self.image_size, self.resize)
 
 
-def sample_per_class(samples: list[Sample], k: int, seed: int, notes: list[str]) -> list[int]:
-    """Indices of ``k`` samples per class: per class, ids sorted, then ``default_rng([seed, label])``.
+def sample_per_class(samples: list[Sample], k: int, seed: int, notes: list[str],
+                     class_ids: list[str] | None = None) -> list[int]:
+    """Indices into ``samples`` of ``k`` samples per class, in image_id order.
 
-    Seeding per class keeps each class's choice independent of the others, so adding a class
-    folder never changes which images another class contributes.
+    Per class (ordered by label): its samples sorted by image_id, then positions
+    ``numpy.random.default_rng([seed, label]).permutation(n)[:k]``. Seeding per class keeps each
+    class's choice independent of the others (adding or removing a class folder never changes what
+    another class contributes) and depends on nothing machine-specific: same (data, k, seed), same
+    images, anywhere. Classes with fewer than ``k`` images keep all of them and get a note.
     """
     by_class: dict[int, list[int]] = {}
     for i, s in enumerate(samples):
         by_class.setdefault(s.label, []).append(i)
-    chosen = []
+    chosen: list[int] = []
+    short: list[str] = []
     for label in sorted(by_class):
         idx = sorted(by_class[label], key=lambda i: samples[i].image_id)
         if len(idx) <= k:
             if len(idx) < k:
-                notes.append(f"class {label} has {len(idx)} images < --per-class {k}: took all")
+                name = class_ids[label] if class_ids and label < len(class_ids) else str(label)
+                short.append(f"class {name} has {len(idx)} images < --per-class {k}: took all")
             chosen += idx
         else:
             perm = np.random.default_rng([seed, label]).permutation(len(idx))[:k]
-            chosen += [idx[j] for j in sorted(perm)]
+            chosen += [idx[int(j)] for j in perm]
+    add_capped(notes, short,
+               "... and {n} more classes with fewer than --per-class " + f"{k} images: took all")
     return sorted(chosen, key=lambda i: samples[i].image_id)
 
 
 def open_dataset(data: str, *, per_class: int | None = None, seed: int = 0, labels: str | None = None,
-                 image_size: int = 224, resize: int = 256) -> ImageSet:
-    """An embedded name (``digits``) or a directory in one of the documented layouts."""
+                 image_size: int = 224, resize: int | None = None) -> ImageSet:
+    """An embedded name (``digits``) or a directory in one of the documented layouts.
+
+    Embedded names win over a directory of the same name; write ``./digits`` for the directory.
+    ``resize=None`` is ``floor(image_size * 256 / 224)`` (256 at 224). Digits are always 64 px
+    (``image_size``/``resize`` do not apply). User mistakes raise :class:`DataLayoutError` /
+    :class:`MambaBenchError` with a one-line message, never a traceback.
+    """
+    if per_class is not None and per_class < 1:
+        raise MambaBenchError(f"--per-class must be >= 1, not {per_class}")
+    if seed < 0:
+        raise MambaBenchError(f"--seed must be >= 0, not {seed}")
     if data in EMBEDDED_DATASETS:
         imgs, y, ids = digits_split("test")
         samples = [Sample(i, int(label), None) for i, label in zip(ids, y, strict=True)]
-        ds = ImageSet("digits", data, "embedded", samples, [str(i) for i in range(10)], 10, DIGITS_SIZE,
+        digits = [str(i) for i in range(10)]
+        ds = ImageSet("digits", data, "embedded", samples, digits, 10, DIGITS_SIZE, class_ids=list(digits),
                       arrays=imgs)
+        if labels is not None:
+            ds.notes.append(f"--labels {labels} ignored: the embedded data set carries its own labels")
     else:
-        ds = _open_directory(Path(data), labels, image_size, resize)
+        if image_size < 1:
+            raise MambaBenchError(f"image size must be >= 1, not {image_size}")
+        if resize is not None and resize < image_size:
+            raise MambaBenchError(f"resize ({resize}) must be >= the image size ({image_size})")
+        ds = _open_directory(data, labels, image_size, resize)
     if per_class is not None:
-        keep = sample_per_class(ds.samples, per_class, seed, ds.notes)
+        keep = sample_per_class(ds.samples, per_class, seed, ds.notes, ds.class_ids)
         ds.samples = [ds.samples[i] for i in keep]
         if ds.arrays is not None:
             ds.arrays = ds.arrays[keep]
     return ds
 
 
-def _open_directory(root: Path, labels: str | None, image_size: int, resize: int) -> ImageSet:
+def _open_directory(data: str, labels: str | None, image_size: int, resize: int | None) -> ImageSet:
+    embedded = f"(or use an embedded data set: {', '.join(EMBEDDED_DATASETS)})"
+    if not data.strip():
+        raise DataLayoutError(f"no data directory given {embedded}")
+    root = Path(data).expanduser()
     if not root.exists():
-        raise DataLayoutError(
-            f"data directory {root} does not exist (or use an embedded data set: {', '.join(EMBEDDED_DATASETS)})")
+        raise DataLayoutError(f"data directory {data} does not exist {embedded}")
     if not root.is_dir():
-        raise DataLayoutError(f"--data {root} is a file, not a directory: {EXPECTED}")
-    if labels is not None and not Path(labels).is_file():
-        raise DataLayoutError(f"--labels {labels} does not exist")
-    folder = scan_imagefolder(root)
-    if folder is not None and folder[0]:
-        items, classes, notes = folder
-        wnids = imagenet_wnids()
-        index = {w: i for i, w in enumerate(wnids)}
-        if all(WNID.match(c) and c in index for c in classes):
-            samples = [Sample(iid, index[c], p) for iid, c, p in items]
-            return ImageSet("imagenet-val", str(root), "imagefolder", samples, imagenet_descriptions(), 1000,
-                            image_size, notes, resize)
-        cls_index = {c: i for i, c in enumerate(classes)}
-        samples = [Sample(iid, cls_index[c], p) for iid, c, p in items]
-        return ImageSet("imagefolder", str(root), "imagefolder", samples, classes, len(classes), image_size,
-                        notes, resize)
-    if folder is not None and not any(p.is_file() for p in root.iterdir()):
-        raise DataLayoutError(f"no images found in the class folders of {root}: {EXPECTED}")
-    items, layout, notes = scan_flat(root, labels)
-    index = {w: i for i, w in enumerate(imagenet_wnids())}
-    unknown = sorted({w for _, w, _ in items if w not in index})
-    if unknown:
-        raise DataLayoutError(f"labels name classes that are not ImageNet-1k wnids, e.g. {unknown[0]}")
-    samples = sorted((Sample(iid, index[w], p) for iid, w, p in items), key=lambda s: s.image_id)
-    return ImageSet("imagenet-val", str(root), layout, samples, imagenet_descriptions(), 1000, image_size,
-                    notes, resize)
+        raise DataLayoutError(f"data directory {data} is a file, not a directory: {EXPECTED} {embedded}")
+    scan = scan_directory(root, labels)
+    samples = [Sample(iid, label, p) for iid, label, p in scan.items]
+    return ImageSet(scan.name, str(root), scan.layout, samples, scan.class_names, scan.num_classes,
+                    image_size, scan.notes, scan.class_ids,
+                    resize if resize is not None else default_resize(image_size))

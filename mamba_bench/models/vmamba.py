@@ -293,13 +293,15 @@ VMAMBA_VARIANTS: dict[str, tuple[str, VMambaConfig, str | None, float | None]] =
     "vmamba-t": ("vssm1_tiny_0230s", VMambaConfig((2, 2, 8, 2), 96, 1, 1.0),
                  RELEASES + "%23v2cls/vssm1_tiny_0230s_ckpt_epoch_264.pth", 82.6),
     "vmamba-t-s2l5": ("vssm_tiny_0230", VMambaConfig((2, 2, 5, 2), 96, 1, 2.0),
-                      RELEASES + "%2320240316/vssm_tiny_0230_ckpt_epoch_262.pth", 82.5),
+                      RELEASES + "%23v2cls/vssm_tiny_0230_ckpt_epoch_262.pth", 82.5),
     "vmamba-s": ("vssm_small_0229", VMambaConfig((2, 2, 15, 2), 96, 1, 2.0),
                  RELEASES + "%23v2cls/vssm_small_0229_ckpt_epoch_222.pth", 83.6),
     "vmamba-b": ("vssm_base_0229", VMambaConfig((2, 2, 15, 2), 128, 1, 2.0),
                  RELEASES + "%23v2cls/vssm_base_0229_ckpt_epoch_237.pth", 83.9),
-    "vmamba-s-s1l20": ("vssm1_small_0229s", VMambaConfig((2, 2, 20, 2), 96, 1, 1.0), None, None),
-    "vmamba-b-s1l20": ("vssm1_base_0229s", VMambaConfig((2, 2, 20, 2), 128, 1, 1.0), None, None),
+    "vmamba-s-s1l20": ("vssm1_small_0229s", VMambaConfig((2, 2, 20, 2), 96, 1, 1.0),
+                       RELEASES + "%23v2cls/vssm1_small_0229s_ckpt_epoch_240.pth", 83.3),
+    "vmamba-b-s1l20": ("vssm1_base_0229s", VMambaConfig((2, 2, 20, 2), 128, 1, 1.0),
+                       RELEASES + "%23v2cls/vssm1_base_0229s_ckpt_epoch_225.pth", 83.8),
     # small variant for the embedded 64 px data: same blocks, a few hundred k parameters
     "vmamba-nano": ("vmamba-nano (mamba-bench)", VMambaConfig((1, 1, 2, 1), 32, 1, 1.0), None, None),
 }
