@@ -247,6 +247,8 @@ def bench_scan_cmd(
     d_state: Annotated[list[int] | None, typer.Option(help="State sizes (default 1 and 16).")] = None,
     threads: Annotated[int, typer.Option(help="CPU threads.")] = 2,
     length: Annotated[int, typer.Option(help="Sequence length (VMamba-T stage 1: 3136).")] = 3136,
+    backward: Annotated[bool, typer.Option(help="Also time forward+backward (the reference loop's backward "
+                                                "at d_state 16 takes tens of minutes on 2 cores).")] = True,
     out: Annotated[Path, typer.Option(help="Where bench_scan.json goes.")] = Path("runs/bench"),
     fmt: FormatOpt = "table",
 ) -> None:
@@ -257,7 +259,7 @@ def bench_scan_cmd(
     _check_format(fmt)
     backends = backend or [available_backends("cpu")[0], "ref"]
     res = bench_scan(backends=backends, d_states=d_state or [1, 16], threads=threads, out=out,
-                     shape={**STAGE1, "length": length})
+                     shape={**STAGE1, "length": length}, backward=(False, True) if backward else (False,))
     if fmt == "json":
         print(json.dumps(res, indent=2))
         return

@@ -341,8 +341,8 @@ def scan_directory(root: Path, labels: str | None = None) -> DirectoryScan:
         return folder_scan
     if files:
         raise DataLayoutError(f"{root} holds {len(files)} images but no label file ({KAGGLE_CSV} or "
-                              f"{DEVKIT_GT} in it, a parent folder or {DEVKIT_DATA.as_posix()}/, or --labels): "
-                              f"{EXPECTED}")
+                              f"{DEVKIT_GT} in it, a parent folder or {DEVKIT_DATA.as_posix()}/, "
+                              f"or --labels): {EXPECTED}")
     what = "no images found in " + (f"{root} or its {len(folders)} sub-folders" if folders else str(root))
     if others:
         what += f" ({others} files with other extensions)"

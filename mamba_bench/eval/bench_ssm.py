@@ -57,7 +57,7 @@ def _case(args) -> dict:
 
 
 def bench_scan(*, backends: list[str], d_states: list[int], threads: int = 2, out: Path | None = None,
-               shape: dict | None = None) -> dict:
+               shape: dict | None = None, backward: tuple[bool, ...] = (False, True)) -> dict:
     shape = shape or STAGE1
     ctx = mp.get_context("spawn")
     rows = []
@@ -65,12 +65,12 @@ def bench_scan(*, backends: list[str], d_states: list[int], threads: int = 2, ou
     tmp.mkdir(parents=True, exist_ok=True)
     for d_state in d_states:
         outputs = {}
-        for backward in (False, True):
+        for bwd in backward:
             for backend in backends:
-                path = str(tmp / f"{backend}-{d_state}.pt") if not backward else None
+                path = str(tmp / f"{backend}-{d_state}.pt") if not bwd else None
                 with ctx.Pool(1) as pool:
-                    r = pool.apply(_case, ((backend, d_state, backward, threads, shape, path),))
-                rows.append({"backend": backend, "d_state": d_state, "pass": "fwd+bwd" if backward else "fwd", **r})
+                    r = pool.apply(_case, ((backend, d_state, bwd, threads, shape, path),))
+                rows.append({"backend": backend, "d_state": d_state, "pass": "fwd+bwd" if bwd else "fwd", **r})
                 if path:
                     outputs[backend] = path
         ref = torch.load(outputs["ref"]) if "ref" in outputs else None
