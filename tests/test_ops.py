@@ -45,8 +45,9 @@ def test_forward_and_gradients_match_reference(backend, n, groups, length):
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("dt_scale", [1e-4, 30.0])
-def test_extreme_delta_stays_finite(backend, dt_scale):
-    u, delta, A, B, C, D, bias = _inputs(n=16, groups=1, length=300, dt_scale=dt_scale)
+@pytest.mark.parametrize("n", [1, 16])
+def test_extreme_delta_stays_finite(backend, dt_scale, n):
+    u, delta, A, B, C, D, bias = _inputs(n=n, groups=1, length=300, dt_scale=dt_scale)
     delta = delta.abs() * dt_scale + (20.0 if dt_scale > 1 else 0.0)
     ref = selective_scan_ref(u, delta, A * 30, B, C, D, None, False)
     out = selective_scan(u, delta, A * 30, B, C, D, None, False, backend=backend)
