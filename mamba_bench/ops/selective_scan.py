@@ -115,17 +115,21 @@ def selective_scan_cpu(u, delta, A, B, C, D=None, delta_bias=None, delta_softplu
     """The fused numba kernels (forward and backward) for CPU tensors."""
     if u.device.type != "cpu":
         return selective_scan_torch(u, delta, A, B, C, D, delta_bias, delta_softplus)
-    from mamba_bench.ops._numba_scan import selective_scan_numba
+    from mamba_bench.ops._numba_scan import selective_scan_numba, selective_scan_numba_infer
 
     dtype = u.dtype
     dim = u.shape[1]
+    if B.dim() == 4 and dim % B.shape[1]:
+        raise ValueError(f"dim {dim} is not divisible by {B.shape[1]} groups")
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, delta_bias))
+    if not needs_grad:
+        return selective_scan_numba_infer(u, delta, A, B, C, D, delta_bias, delta_softplus).to(dtype)
     u32, delta32 = u.float(), delta.float()
     if delta_bias is not None:
         delta32 = delta32 + delta_bias.float()[None, :, None]
     if delta_softplus:
         delta32 = F.softplus(delta32)
-    if B.dim() == 4 and dim % B.shape[1]:
-        raise ValueError(f"dim {dim} is not divisible by {B.shape[1]} groups")
     return selective_scan_numba(u32, delta32, A, B, C, D).to(dtype)
 
 
