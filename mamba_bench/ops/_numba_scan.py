@@ -15,30 +15,9 @@ from numba import prange
 
 
 @numba.njit(parallel=True, cache=True)
-def _fwd(u, delta, A, Bt, Ct, D, group_size, y, hs, save):  # pragma: no cover - compiled
-    nb, nd, length = u.shape
-    n = A.shape[1]
-    for job in prange(nb * nd):
-        bi = job // nd
-        di = job % nd
-        gi = di // group_size
-        h = np.zeros(n, dtype=np.float32)
-        for t in range(length):
-            dt = delta[bi, di, t]
-            ut = u[bi, di, t]
-            x = dt * ut
-            acc = np.float32(0.0)
-            for k in range(n):
-                h[k] = np.exp(dt * A[di, k]) * h[k] + x * Bt[bi, gi, t, k]
-                acc += h[k] * Ct[bi, gi, t, k]
-                if save:
-                    hs[bi, di, t, k] = h[k]
-            y[bi, di, t] = acc + D[di] * ut
-
-
-@numba.njit(parallel=True, cache=True)
-def _fwd_infer(u, delta, A, Bt, Ct, D, bias, softplus, group_size, y):  # pragma: no cover - compiled
-    # inference: Δ-bias and softplus fused in (torch's softplus alone costs 3x this whole kernel)
+def _fwd(u, delta, A, Bt, Ct, D, bias, softplus, group_size, y, hs, save):  # pragma: no cover - compiled
+    # Δ-bias and softplus are fused in for inference (torch's softplus alone costs 3x the recurrence);
+    # the autograd path passes them as zeros / False and saves the states for the backward pass
     nb, nd, length = u.shape
     n = A.shape[1]
     for job in prange(nb * nd):
@@ -56,6 +35,8 @@ def _fwd_infer(u, delta, A, Bt, Ct, D, bias, softplus, group_size, y):  # pragma
             for k in range(n):
                 h[k] = np.exp(dt * A[di, k]) * h[k] + x * Bt[bi, gi, t, k]
                 acc += h[k] * Ct[bi, gi, t, k]
+                if save:
+                    hs[bi, di, t, k] = h[k]
             y[bi, di, t] = acc + D[di] * ut
 
 
@@ -68,9 +49,9 @@ def selective_scan_numba_infer(u, delta, A, B, C, D, delta_bias, delta_softplus:
     _threads()
     zeros = torch.zeros(d, dtype=torch.float32)
     y = np.empty((b, d, length), dtype=np.float32)
-    _fwd_infer(_np(u), _np(delta), _np(A), _np(B.transpose(2, 3)), _np(C.transpose(2, 3)),
-               _np(D if D is not None else zeros), _np(delta_bias if delta_bias is not None else zeros),
-               bool(delta_softplus), d // g, y)
+    _fwd(_np(u), _np(delta), _np(A), _np(B.transpose(2, 3)), _np(C.transpose(2, 3)),
+         _np(D if D is not None else zeros), _np(delta_bias if delta_bias is not None else zeros),
+         bool(delta_softplus), d // g, y, np.empty((1, 1, 1, 1), np.float32), False)
     return torch.from_numpy(y)
 
 
@@ -132,7 +113,8 @@ class _NumbaScan(torch.autograd.Function):
         arrays = (_np(u), _np(delta), _np(A), _np(B.transpose(2, 3)), _np(C.transpose(2, 3)), _np(D))
         y = np.empty((b, d, length), dtype=np.float32)
         hs = np.empty((b, d, length, n) if save else (1, 1, 1, 1), dtype=np.float32)
-        _fwd(*arrays, d // g, y, hs, save)
+        u_, delta_, A_, Bt, Ct, D_ = arrays
+        _fwd(u_, delta_, A_, Bt, Ct, D_, np.zeros(d, np.float32), False, d // g, y, hs, save)
         if save:
             ctx.arrays, ctx.hs, ctx.g = arrays, hs, g
         return torch.from_numpy(y)
