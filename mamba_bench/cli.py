@@ -265,10 +265,10 @@ def bench_scan_cmd(
         return
     table = Table(title=f"selective scan, batch {res['shape']['batch']}, {res['shape']['dim']} channels, "
                         f"L {res['shape']['length']}, fp32, {threads} threads")
-    for c in ("backend", "d_state", "pass", "seconds", "× vs ref", "peak MB", "max rel. error"):
+    for c in ("backend", "d_state", "pass", "seconds (best)", "runs", "× vs ref", "peak MB", "max rel. error"):
         table.add_column(c, justify="right")
     for r in res["rows"]:
-        table.add_row(r["backend"], str(r["d_state"]), r["pass"], f"{r['seconds']:.3f}",
+        table.add_row(r["backend"], str(r["d_state"]), r["pass"], f"{r['seconds']:.3f}", str(r["runs"]),
                       f"{r['speedup_vs_ref']:.1f}" if r.get("speedup_vs_ref") else "—", f"{r['peak_mb']:.0f}",
                       f"{r['max_rel_error_vs_ref']:.1e}" if "max_rel_error_vs_ref" in r else "—")
     out_console.print(table)
@@ -280,7 +280,7 @@ def bench_models_cmd(
                                                     "convnext-t).")] = None,
     batch_size: Annotated[int, typer.Option()] = 8,
     threads: Annotated[int, typer.Option()] = 2,
-    repeats: Annotated[int, typer.Option()] = 3,
+    repeats: Annotated[int, typer.Option(help="Timed rounds over all models (best kept per model).")] = 5,
     device: DeviceOpt = "auto",
     out: Annotated[Path, typer.Option(help="Where bench_models.json goes.")] = Path("runs/bench"),
     fmt: FormatOpt = "table",

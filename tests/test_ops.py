@@ -102,6 +102,54 @@ def test_cross_scan_orders_and_merge_is_adjoint():
     assert torch.allclose((cross_scan(x) * y).sum(), (x.flatten(2) * cross_merge(y, 4, 5)).sum(), rtol=1e-5)
 
 
+@pytest.mark.parametrize("n, h, w", [(1, 5, 7), (4, 6, 3), (16, 1, 9)])
+def test_fused_ss2d_equals_cross_scan_then_reference(n, h, w):
+    """The CPU SS2D kernel (reversed directions walked backwards, no flips) = the literal composition."""
+    from mamba_bench.ops.selective_scan import ss2d_scan_cpu
+
+    g = torch.Generator().manual_seed(3)
+    b, d, r = 2, 6, 3
+    x = torch.randn(b, d, h, w, generator=g)
+    xw = torch.randn(4, r + 2 * n, d, generator=g) * 0.5
+    dtw = torch.randn(4, d, r, generator=g) * 0.5
+    dtb = torch.randn(4, d, generator=g) * 0.5
+    A = -torch.rand(4 * d, n, generator=g) * 2 - 0.1
+    D = torch.randn(4 * d, generator=g)
+    xs = cross_scan(x)
+    dbl = torch.einsum("kcd,bkdl->bkcl", xw, xs)
+    dts, Bs, Cs = torch.split(dbl, [r, n, n], dim=2)
+    delta = torch.einsum("kdr,bkrl->bkdl", dtw, dts).reshape(b, 4 * d, h * w)
+    ys = selective_scan_ref(xs.reshape(b, 4 * d, h * w), delta, A, Bs, Cs, D, dtb.reshape(-1), True)
+    expected = cross_merge(ys.view(b, 4, d, h * w), h, w)
+    with torch.no_grad():
+        out = ss2d_scan_cpu(x, xw, dtw, dtb, A, D)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_fast_exp_and_softplus_match_libm():
+    import numba
+    import numpy as np
+
+    from mamba_bench.ops._numba_scan import _exp, _softplus
+
+    @numba.njit
+    def apply(f_id, x, out):
+        for i in range(x.size):
+            out[i] = _exp(x[i]) if f_id == 0 else _softplus(x[i])
+
+    x = np.linspace(-87.3, 88.0, 400_001).astype(np.float32)
+    out = np.empty_like(x)
+    apply(0, x, out)
+    exact = np.exp(x.astype(np.float64))
+    assert np.max(np.abs(out - exact) / exact) < 5e-7
+    apply(0, np.array([-1e4, -88.0, 100.0], np.float32), out[:3])
+    assert out[0] == 0 and out[1] == 0 and np.isinf(out[2])  # underflow to 0, overflow to inf, never NaN
+    z = np.linspace(-80, 80, 400_001).astype(np.float32)
+    apply(1, z, out)
+    exact = torch.nn.functional.softplus(torch.from_numpy(z).double()).numpy()
+    assert np.max(np.abs(out - exact) / exact) < 5e-7
+
+
 def test_bench_scan_reports_speed_memory_and_error(tmp_path):
     from mamba_bench.eval.bench_ssm import STAGE1, bench_scan
 

@@ -95,7 +95,8 @@ def test_capture_internals(nano):
         plain = nano(x)
         with capture_internals(nano) as rec:
             captured = nano(x)
-    torch.testing.assert_close(plain, captured, rtol=0, atol=0)
+    # capturing makes Δ with torch's softplus instead of the kernel's fused one: equal to float rounding
+    torch.testing.assert_close(plain, captured, rtol=1e-5, atol=1e-5)
     assert rec.blocks() == ["layers.0.blocks.0", "layers.1.blocks.0", "layers.2.blocks.0", "layers.2.blocks.1",
                             "layers.3.blocks.0"]
     first = rec["layers.0.blocks.0"]

@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mamba_bench.ops.cross_scan import cross_merge, cross_scan
-from mamba_bench.ops.selective_scan import selective_scan
+from mamba_bench.ops.selective_scan import fused_ss2d_available, selective_scan, ss2d_scan_cpu
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,9 @@ class Linear2d(nn.Linear):
     """A 1x1 convolution with a Linear's 2-D weight (what the official checkpoints store)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        nhwc = x.permute(0, 2, 3, 1)
+        if nhwc.is_contiguous():  # channels-last memory (LayerNorm2d's output): a plain GEMM, no copies
+            return F.linear(nhwc, self.weight, self.bias).permute(0, 3, 1, 2)
         return F.conv2d(x, self.weight[:, :, None, None], self.bias)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -161,10 +164,14 @@ class SS2D(nn.Module):
             rec.put(self._record_name, "x", x)
         b, d, h, w = x.shape
         k, n, r, length = 4, self.d_state, self.dt_rank, h * w
+        if rec is None and not torch.is_grad_enabled() and fused_ss2d_available(x.device, self.scan_backend):
+            y = self._forward_fused(x).view(b, d, h, w)
+            return self.out_proj(self.out_norm(y).to(x.dtype))
         xs = cross_scan(x)                                                     # (b, 4, d, L)
-        x_dbl = F.conv1d(xs.reshape(b, k * d, length), self.x_proj_weight.reshape(-1, d, 1), groups=k)
-        dts, Bs, Cs = torch.split(x_dbl.view(b, k, -1, length), [r, n, n], dim=2)
-        dts = F.conv1d(dts.reshape(b, k * r, length), self.dt_projs_weight.reshape(k * d, r, 1), groups=k)
+        # per-direction projections as batched matrix products (a grouped conv1d is ~5x slower on CPU)
+        x_dbl = torch.matmul(self.x_proj_weight.to(xs.dtype), xs)              # (b, 4, r + 2n, L)
+        dts, Bs, Cs = torch.split(x_dbl, [r, n, n], dim=2)
+        dts = torch.matmul(self.dt_projs_weight.to(xs.dtype), dts).reshape(b, k * d, length)
         As = -torch.exp(self.A_logs.float())
         delta_bias = self.dt_projs_bias.reshape(-1).float()
         u = xs.reshape(b, k * d, length)
@@ -184,6 +191,12 @@ class SS2D(nn.Module):
         y = cross_merge(ys, h, w).view(b, d, h, w)
         y = self.out_norm(y).to(x.dtype)
         return self.out_proj(y)
+
+
+    def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        """CPU inference: the same function with cross-scan, the four scans and cross-merge fused."""
+        return ss2d_scan_cpu(x, self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias,
+                             -torch.exp(self.A_logs.float()), self.Ds)
 
 
 class Mlp(nn.Module):
