@@ -282,6 +282,7 @@ def bench_models_cmd(
     threads: Annotated[int, typer.Option()] = 2,
     repeats: Annotated[int, typer.Option(help="Timed rounds over all models (best kept per model).")] = 5,
     device: DeviceOpt = "auto",
+    amp: Annotated[bool, typer.Option(help="bf16 autocast on CUDA (--no-amp: fp32, as the official tables).")] = True,
     out: Annotated[Path, typer.Option(help="Where bench_models.json goes.")] = Path("runs/bench"),
     fmt: FormatOpt = "table",
 ) -> None:
@@ -290,16 +291,160 @@ def bench_models_cmd(
 
     _check_format(fmt)
     res = bench_models(models=model or ["vmamba-t", "swin-t", "convnext-t"], batch=batch_size, threads=threads,
-                       repeats=repeats, device=device, out=out)
+                       repeats=repeats, device=device, amp=amp, out=out)
     if fmt == "json":
         print(json.dumps(res, indent=2))
         return
-    table = Table(title=f"throughput, batch {batch_size}, {res['device']}, {threads} threads")
+    table = Table(title=f"throughput, batch {batch_size}, {res['device']}, {res['precision']}, {threads} threads")
     for c in ("model", "params (M)", "images/s"):
         table.add_column(c, justify="right")
     for r in res["rows"]:
         table.add_row(r["model"], f"{r['params_m']:.1f}", f"{r['images_per_second']:.2f}")
     out_console.print(table)
+
+
+def _positive(name: str, value: int | float) -> None:
+    if value <= 0:
+        raise MambaBenchError(f"{name} must be positive, got {value}")
+
+
+def _parse_hparams(items: list[str] | None) -> dict:
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise MambaBenchError(f"--hparam takes KEY=VALUE (a JSON value), got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            raise MambaBenchError(f"--hparam {key}: {value!r} is not a JSON value (e.g. 0.3 or [0,1])") from None
+    return out
+
+
+@app.command("dg-train")
+def dg_train_cmd(
+    dataset: Annotated[str, typer.Option(help="pacs, vlcs, office-home, terra-incognita, domain-net or "
+                                              "rotated-digits (embedded).")],
+    out: Annotated[Path, typer.Option(help="Run directory; the same command resumes.")],
+    algorithm: Annotated[list[str] | None, typer.Option(help="erm, start-m, start-x, mixstyle, dsu; repeat.")] = None,
+    test_domain: Annotated[list[str] | None, typer.Option(
+        help="Held-out domain; repeat. Default: every domain in turn.")] = None,
+    data_root: Annotated[str | None, typer.Option(help="Folder holding DomainBed's PACS/, VLCS/, ...")] = None,
+    init: Annotated[str, typer.Option(help="Registry model to start from.")] = "vmamba-nano",
+    weights: Annotated[str | None, typer.Option(help="Pre-trained weights of --init (e.g. vssm1_tiny_0230s.pth); "
+                                                     "default: random init.")] = None,
+    seeds: Annotated[str, typer.Option(help="Trial seeds, comma-separated (split, init, data order).")] = "0",
+    steps: Annotated[int, typer.Option()] = 300,
+    batch_size: Annotated[int, typer.Option(help="Images per training domain per step.")] = 32,
+    lr: Annotated[float, typer.Option()] = 3e-4,
+    weight_decay: Annotated[float, typer.Option()] = 0.05,
+    image_size: Annotated[int | None, typer.Option(help="Default: --init's input size.")] = None,
+    eval_every: Annotated[int | None, typer.Option(help="Steps between evaluations (default steps/10).")] = None,
+    augment: Annotated[str | None, typer.Option(help="imagenet or none (default: none for rotated-digits).")] = None,
+    hparam: Annotated[list[str] | None, typer.Option(
+        help="Algorithm hyper-parameter KEY=JSON, e.g. start_ratio=0.3, start_stages=[0,1]; repeat.")] = None,
+    device: DeviceOpt = "auto",
+    threads: Annotated[int, typer.Option(help="Image-decoding threads.")] = 8,
+) -> None:
+    """Leave-one-domain-out training (DomainBed protocol) of each algorithm × test domain × seed."""
+    from mamba_bench.dg.data import EMBEDDED_DG
+    from mamba_bench.dg.run import dg_train
+    from mamba_bench.dg.train import DGTrainConfig
+    from mamba_bench.eval.corrupt import resolve_device
+    from mamba_bench.models.registry import get_spec
+
+    try:
+        seed_list = [int(v) for v in _split([seeds])]
+    except ValueError:
+        raise MambaBenchError(f"--seeds takes integers, e.g. 0,1,2; got {seeds!r}") from None
+    if not seed_list:
+        raise MambaBenchError("--seeds is empty")
+    for name, v in (("--steps", steps), ("--batch-size", batch_size), ("--lr", lr), ("--threads", threads)):
+        _positive(name, v)
+    spec = get_spec(init)
+    size = image_size or spec.input_size
+    _positive("--image-size", size)
+    every = eval_every or max(1, steps // 10)
+    _positive("--eval-every", every)
+    base = DGTrainConfig(dataset=dataset, algorithm="erm", test_domain="", seed=0, init=init, weights=weights,
+                         steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, image_size=size,
+                         eval_every=every, augment=augment or ("none" if dataset in EMBEDDED_DG else "imagenet"),
+                         hparams=_parse_hparams(hparam))
+    dev = resolve_device(device)
+    algorithms = _split(algorithm) or ["erm"]
+
+    def on_cell(cfg):
+        out_console.print(f"[bold]{cfg.algorithm}[/] · test domain [bold]{cfg.test_domain}[/] · seed {cfg.seed}")
+
+    def on_eval(cfg, step, loss, rows):
+        test = next(r["accuracy"] for r in rows if r["domain"] == cfg.test_domain and r["split"] == "in")
+        val = [r["accuracy"] for r in rows if r["domain"] != cfg.test_domain and r["split"] == "out"]
+        out_console.print(f"  step {step:5d}  loss {loss:.3f}  source val {sum(val) / len(val):5.1f}  "
+                          f"test {test:5.1f}")
+
+    results = dg_train(dataset=dataset, data_root=data_root, algorithms=algorithms,
+                       test_domains=_split(test_domain) or None, seeds=seed_list, base=base, out=out, device=dev,
+                       threads=threads, on_cell=on_cell, on_eval=on_eval)
+    skipped = sum(r["skipped"] for r in results)
+    out_console.print(f"{len(results)} cell(s) in {out}" + (f" ({skipped} already complete)" if skipped else "")
+                      + f"; tables: mamba-bench dg-eval {out}")
+
+
+@app.command("dg-eval")
+def dg_eval_cmd(
+    run: Annotated[Path, typer.Argument(help="A dg-train run directory.")],
+    gap: Annotated[bool, typer.Option(help="Also the domain gap (MMD) of Δ, B, C and features per checkpoint.")]
+    = False,
+    data_root: Annotated[str | None, typer.Option(help="Data root for --gap (default: the run's).")] = None,
+    gap_samples: Annotated[int, typer.Option(help="Images per side for --gap.")] = 100,
+    selection: Annotated[str, typer.Option(help="training-domain, oracle or last.")] = "training-domain",
+    device: DeviceOpt = "auto",
+    fmt: FormatOpt = "table",
+) -> None:
+    """Per-domain accuracy table (mean ± std over seeds), dg_results.parquet, bar chart; --gap: MMD table."""
+    from mamba_bench.dg.run import SELECTIONS, dg_eval, summary_table
+    from mamba_bench.eval.corrupt import resolve_device
+
+    _check_format(fmt)
+    if selection not in SELECTIONS:
+        raise MambaBenchError(f"unknown --selection {selection!r}; valid: {', '.join(SELECTIONS)}")
+    _positive("--gap-samples", gap_samples)
+    res = dg_eval(run, gap=gap, data_root=data_root, gap_samples=gap_samples, device=resolve_device(device))
+    for p in res["pending"]:
+        print(f"mamba-bench: note: {run / p} is still in progress (not in the tables)", file=sys.stderr)
+    header, body = summary_table(res["frame"], selection)
+    gap_df = res.get("gap")
+    if fmt == "json":
+        print(json.dumps({"results": res["results"], "plot": res["plot"], "selection": selection,
+                          "table": [dict(zip(header, r, strict=True)) for r in body],
+                          "gap": None if gap_df is None else gap_df.to_dict("records")}, indent=2))
+        return
+    if fmt == "markdown":
+        print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+        for r in body:
+            print("| " + " | ".join(r) + " |")
+    else:
+        table = Table(title=f"test-domain top-1 (%), {selection} selection, mean ± std over seeds — {run}")
+        for c in header:
+            table.add_column(c, justify="right")
+        for r in body:
+            table.add_row(*r)
+        out_console.print(table)
+    if gap_df is not None:
+        g = gap_df.groupby("algorithm", sort=False)[["delta", "B", "C", "feat"]].mean().reset_index()
+        if fmt == "markdown":
+            print("\n| algorithm | Δ | B | C | Feat. |\n|---|---|---|---|---|")
+            for r in g.itertuples():
+                print(f"| {r.algorithm} | {r.delta:.3f} | {r.B:.3f} | {r.C:.3f} | {r.feat:.3f} |")
+        else:
+            table = Table(title="domain gap: MMD source vs target (lower is better), mean over cells")
+            for c in ("algorithm", "Δ", "B", "C", "Feat."):
+                table.add_column(c, justify="right")
+            for r in g.itertuples():
+                table.add_row(r.algorithm, f"{r.delta:.3f}", f"{r.B:.3f}", f"{r.C:.3f}", f"{r.feat:.3f}")
+            out_console.print(table)
+    if fmt == "table":
+        out_console.print(f"wrote {res['results']}" + (f", {res['plot']}" if res["plot"] else ""))
 
 
 @app.command()

@@ -108,8 +108,12 @@ def bench_scan(*, backends: list[str], d_states: list[int], threads: int = 2, ou
 
 
 def bench_models(*, models: list[str], batch: int = 8, threads: int = 2, repeats: int = 3, device: str = "auto",
-                 out: Path | None = None) -> dict:
-    """Images/s of randomly initialised models at 224 px, side by side (weights don't change speed)."""
+                 amp: bool = True, out: Path | None = None) -> dict:
+    """Images/s of randomly initialised models at 224 px, side by side (weights don't change speed).
+
+    On CUDA: channels_last, and bf16 autocast unless ``amp`` is False (fp32, the official tables'
+    setting). On CPU everything is fp32.
+    """
     from mamba_bench.eval.corrupt import resolve_device
     from mamba_bench.models.registry import get_spec
 
@@ -140,7 +144,7 @@ def bench_models(*, models: list[str], batch: int = 8, threads: int = 2, repeats
 
     # rounds over all models (warm-up first), so that a slow spell of a shared machine hits every
     # model alike; each model's best round is reported
-    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and amp):
         for _, model, x in built:
             once(model, x)
         for _ in range(repeats):
@@ -148,7 +152,8 @@ def bench_models(*, models: list[str], batch: int = 8, threads: int = 2, repeats
                 best[name] = min(best[name], once(model, x))
     rows = [{"model": name, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
              "images_per_second": batch / best[name]} for name, model, _ in built]
-    res = {"batch": batch, "threads": threads, "device": str(dev), "rows": rows,
+    res = {"batch": batch, "threads": threads, "device": str(dev), "precision": "bf16" if cuda and amp else "fp32",
+           "rows": rows,
            "machine": {"processor": platform.processor(), **environment()}}
     if out is not None:
         atomic_write_json(Path(out) / "bench_models.json", res)

@@ -24,7 +24,7 @@ from mamba_bench.data import ImageSet, open_dataset
 from mamba_bench.errors import CheckpointError, MambaBenchError
 from mamba_bench.eval.metrics import add_clean_drop, corruption_errors, per_image, summarize
 from mamba_bench.models.preprocess import to_model_input
-from mamba_bench.models.registry import ModelSpec, get_spec
+from mamba_bench.models.registry import ModelSpec, get_spec, spec_for_weights
 from mamba_bench.models.weights import file_sha256, load_weights_into
 from mamba_bench.results.store import (
     METRICS_SCHEMA,
@@ -120,6 +120,7 @@ def load_models(names: Sequence[str], weights: Sequence[str], num_classes: int, 
     specs = [get_spec(n) for n in names]  # every name checked before any weights are fetched
     loaded = []
     for name, spec, ref in zip(names, specs, pair_weights(names, weights), strict=True):
+        spec = spec_for_weights(spec, ref)
         if ref is None and not random_init:
             if spec.weights_url is None or spec.num_classes != num_classes:
                 raise CheckpointError(

@@ -9,21 +9,20 @@ import torch
 from mamba_bench.errors import MambaBenchError
 from mamba_bench.eval.corrupt import resolve_device
 from mamba_bench.models.preprocess import to_model_input
-from mamba_bench.models.registry import get_spec
+from mamba_bench.models.registry import get_spec, spec_for_weights
 from mamba_bench.models.weights import load_weights_into
 
 
 def class_names(num_classes: int, weights_path=None) -> list[str]:
     """ImageNet descriptions for 1000 classes; names stored in our own checkpoints otherwise."""
-    if weights_path is not None and str(weights_path).endswith(".safetensors"):
-        from safetensors import safe_open
+    if weights_path is not None:
+        from mamba_bench.models.weights import checkpoint_metadata
 
-        with safe_open(str(weights_path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-        if "class_names" in meta:
-            names = json.loads(meta["class_names"])
-            if len(names) == num_classes:
-                return names
+        meta = checkpoint_metadata(weights_path)
+        for key in ("class_names", "classes"):  # demo checkpoints / dg-train checkpoints
+            names = json.loads(meta[key]) if key in meta else None
+            if names is not None and len(names) == num_classes:
+                return [str(n) for n in names]
     if num_classes == 1000:
         from timm.data import ImageNetInfo
 
@@ -40,7 +39,7 @@ def predict_images(model: str, images: list[str], *, weights: str | None = None,
 
     if topk < 1:
         raise MambaBenchError("--topk must be at least 1")
-    spec = get_spec(model)
+    spec = spec_for_weights(get_spec(model), weights)
     ref = weights or spec.weights_url
     if ref is None:
         raise MambaBenchError(f"model {model} has no released weights; pass --weights FILE")

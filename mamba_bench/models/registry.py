@@ -169,6 +169,44 @@ def _register_vmamba() -> None:
 _register_vmamba()
 
 
+# Models trained by `dg-train`: the architecture, classes and input size come from the checkpoint.
+DG_KIND = "mamba-bench dg-train checkpoint"
+def _from_checkpoint_only(num_classes: int) -> nn.Module:
+    raise RuntimeError("a dg-train model is built from its checkpoint (spec_for_weights)")
+
+
+for _name, _what in (("start-m", "START-M"), ("start-x", "START-X")):
+    register(ModelSpec(_name, _from_checkpoint_only,
+                       f"VMamba trained with {_what} by dg-train (pass --weights RUN/.../best.pt)", "dg"))
+
+
+def spec_for_weights(spec: ModelSpec, ref: str | None) -> ModelSpec:
+    """The spec a checkpoint implies: a dg-train checkpoint names its architecture, classes and size."""
+    from mamba_bench.errors import CheckpointError
+    from mamba_bench.models.weights import checkpoint_metadata
+
+    md = checkpoint_metadata(ref) if ref else {}
+    if md.get("kind") != DG_KIND:
+        if spec.family == "dg":
+            raise CheckpointError(f"--model {spec.name} needs a dg-train checkpoint: "
+                                  "--weights RUN/<algorithm>/<test domain>/seed<k>/best.pt")
+        return spec
+    import json
+
+    arch = get_spec(md["arch"])
+    algorithm = md.get("algorithm", "?")
+    if spec.family == "dg" and spec.name != algorithm:
+        raise CheckpointError(f"{ref} was trained with {algorithm}, not {spec.name}; use --model {arch.name}"
+                              + (f" or --model {algorithm}" if algorithm in _REGISTRY else ""))
+    if spec.family != "dg" and spec.name != arch.name:
+        raise CheckpointError(f"{ref} is a {arch.name} checkpoint (dg-train, {algorithm}); use --model {arch.name}")
+    return replace(arch, name=spec.name, family=arch.family, num_classes=int(md["num_classes"]),
+                   input_size=int(md["image_size"]), crop_pct=1.0, mean=tuple(json.loads(md["mean"])),
+                   std=tuple(json.loads(md["std"])), weights_url=None, weights_file=None,
+                   description=f"{arch.name} trained by dg-train ({algorithm}, {md.get('dataset')}, "
+                               f"test domain {md.get('test_domain')}, seed {md.get('seed')})")
+
+
 def get_spec(name: str) -> ModelSpec:
     """Resolve a registry name, an alias or any timm model name; unknown → one clear error."""
     spec = _REGISTRY.get(name)
@@ -199,7 +237,7 @@ def create_model(name: str, weights: str | None = None, num_classes: int | None 
     """
     from mamba_bench.models.weights import load_weights_into
 
-    spec = get_spec(name)
+    spec = spec_for_weights(get_spec(name), weights)
     model = spec.build(num_classes)
     if weights is not None:
         load_weights_into(model, weights, spec, cache_dir=cache_dir)

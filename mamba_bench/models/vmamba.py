@@ -138,6 +138,7 @@ class SS2D(nn.Module):
         self.out_norm = LayerNorm2d(d_inner)
         self.out_proj = Linear2d(d_inner, dim, bias=False)
         self.scan_backend = "auto"
+        self.token_transform = None  # set by a DG algorithm (START) for training only
         self._recorder: Recorder | None = None
         self._record_name = ""
         self.reset_ssm_parameters()
@@ -160,18 +161,18 @@ class SS2D(nn.Module):
         if rec is not None:
             rec.put(self._record_name, "conv", x)
         x = self.act(x)
+        if self.token_transform is not None and self.training:  # a DG algorithm's training-time perturbation
+            x = self.token_transform(self, x)
         if rec is not None:
             rec.put(self._record_name, "x", x)
         b, d, h, w = x.shape
-        k, n, r, length = 4, self.d_state, self.dt_rank, h * w
+        k, length = 4, h * w
         if rec is None and not torch.is_grad_enabled() and fused_ss2d_available(x.device, self.scan_backend):
             y = self._forward_fused(x).view(b, d, h, w)
             return self.out_proj(self.out_norm(y).to(x.dtype))
         xs = cross_scan(x)                                                     # (b, 4, d, L)
-        # per-direction projections as batched matrix products (a grouped conv1d is ~5x slower on CPU)
-        x_dbl = torch.matmul(self.x_proj_weight.to(xs.dtype), xs)              # (b, 4, r + 2n, L)
-        dts, Bs, Cs = torch.split(x_dbl, [r, n, n], dim=2)
-        dts = torch.matmul(self.dt_projs_weight.to(xs.dtype), dts).reshape(b, k * d, length)
+        dts, Bs, Cs = self.project(xs)
+        dts = dts.reshape(b, k * d, length)
         As = -torch.exp(self.A_logs.float())
         delta_bias = self.dt_projs_bias.reshape(-1).float()
         u = xs.reshape(b, k * d, length)
@@ -192,6 +193,14 @@ class SS2D(nn.Module):
         y = self.out_norm(y).to(x.dtype)
         return self.out_proj(y)
 
+
+    def project(self, xs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-direction projections of the scanned sequences xs (b, 4, d, L): Δ before its bias and
+        softplus (b, 4, d, L), B and C (b, 4, N, L). Batched matrix products (a grouped conv1d is ~5x
+        slower on CPU)."""
+        x_dbl = torch.matmul(self.x_proj_weight.to(xs.dtype), xs)              # (b, 4, r + 2n, L)
+        dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
+        return torch.matmul(self.dt_projs_weight.to(xs.dtype), dts), Bs, Cs
 
     def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
         """CPU inference: the same function with cross-scan, the four scans and cross-merge fused."""

@@ -112,6 +112,20 @@ def _torch_load_inert(path: Path):
             raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc)[:160]}") from None
 
 
+def checkpoint_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The string metadata of a local safetensors file ({} for anything else: URLs, pickles)."""
+    p = Path(path)
+    if "://" in str(path) or not p.is_file() or not _is_safetensors(p):
+        return {}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(p), "pt") as fh:
+            return dict(fh.metadata() or {})
+    except Exception as exc:  # a damaged header
+        raise CheckpointError(f"cannot read checkpoint {p}: {type(exc).__name__}: {str(exc)[:160]}") from None
+
+
 def _is_safetensors(path: Path) -> bool:
     # safetensors: 8-byte little-endian header length, then a JSON header starting with '{'
     try:

@@ -1,0 +1,178 @@
+"""Domain-generalization data: DomainBed's directory layouts and the embedded rotated digits.
+
+A DG data set is a list of domains that share one set of classes. DomainBed reads
+``<data-root>/<DIR>/<domain>/<class>/<image>`` and indexes domains and classes by the *sorted*
+folder names it finds, so a stray folder among the domains silently shifts every domain index and
+a class folder missing in one domain shifts its labels. Here the expected domains are fixed per
+data set, and anything else among them, or class folders that differ between domains, is an
+error that names the offending entries.
+
+Every domain is split into ``in`` (80 %) and ``out`` (20 %) with a seeded permutation that depends
+on the trial seed and the domain index (DomainBed's ``holdout_fraction`` 0.2 and
+``seed_hash(trial_seed, env_i)``): training uses the ``in`` split of the training domains, model
+selection the ``out`` splits (training-domain validation) or the test domain's ``out`` split
+(oracle), and the test accuracy is the test domain's ``in`` split, as DomainBed reports it.
+
+``rotated-digits`` (embedded, offline): scikit-learn's 1797 real digits at 64 px, shuffled once
+(seed 0) and dealt into six disjoint domains rotated by 0, 15, 30, 45, 60 and 75 degrees, like
+DomainBed's RotatedMNIST (which deals MNIST into rotated domains the same way).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from mamba_bench.data.imagenet import _ignored, _walk_class
+from mamba_bench.errors import DataLayoutError, UnknownNameError
+
+HOLDOUT_FRACTION = 0.2
+
+#: name → (DomainBed directory under --data-root, domain folders in DomainBed's order)
+DOMAINBED_LAYOUTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "pacs": ("PACS", ("art_painting", "cartoon", "photo", "sketch")),
+    "vlcs": ("VLCS", ("Caltech101", "LabelMe", "SUN09", "VOC2007")),
+    "office-home": ("office_home", ("Art", "Clipart", "Product", "Real World")),
+    "terra-incognita": ("terra_incognita", ("location_100", "location_38", "location_43", "location_46")),
+    "domain-net": ("domain_net", ("clipart", "infograph", "painting", "quickdraw", "real", "sketch")),
+}
+ROTATIONS = (0, 15, 30, 45, 60, 75)
+EMBEDDED_DG = {"rotated-digits": "scikit-learn digits dealt into 6 domains rotated by 0-75 degrees (64 px)"}
+DG_DATASETS = sorted([*DOMAINBED_LAYOUTS, *EMBEDDED_DG])
+
+
+@dataclass
+class Domain:
+    """One domain: its samples (path or embedded row) with labels, split into in/out per trial seed."""
+
+    name: str
+    labels: np.ndarray
+    paths: list[Path] | None = None
+    arrays: np.ndarray | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def split(self, trial_seed: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(in, out) sample indices: a seeded 80/20 split, the same for every algorithm of a trial."""
+        rng = np.random.default_rng(seed_hash(trial_seed, index))
+        perm = rng.permutation(len(self))
+        n_out = int(len(self) * HOLDOUT_FRACTION)
+        return np.sort(perm[n_out:]), np.sort(perm[:n_out])
+
+
+@dataclass
+class DGDataset:
+    name: str
+    root: str
+    domains: list[Domain]
+    classes: list[str]
+
+    @property
+    def domain_names(self) -> list[str]:
+        return [d.name for d in self.domains]
+
+    def index(self, domain: str) -> int:
+        names = self.domain_names
+        if domain not in names:
+            raise UnknownNameError(f"{self.name} has no domain {domain!r}; its domains: {', '.join(names)}")
+        return names.index(domain)
+
+
+def seed_hash(*args: object) -> int:
+    """A seed from a tuple of values, stable across processes and machines (DomainBed's idea)."""
+    return int(hashlib.md5(repr(args).encode()).hexdigest(), 16) % (2 ** 31)
+
+
+def open_dg_dataset(name: str, data_root: str | os.PathLike | None = None) -> DGDataset:
+    """Open a DG data set by name: one of :data:`DG_DATASETS`; DomainBed layouts need ``data_root``."""
+    if name in EMBEDDED_DG:
+        return rotated_digits()
+    if name not in DOMAINBED_LAYOUTS:
+        raise UnknownNameError(f"unknown DG data set {name!r}; valid: {', '.join(DG_DATASETS)}")
+    if data_root is None:
+        raise DataLayoutError(f"--data-root is needed for {name} (the folder that holds {DOMAINBED_LAYOUTS[name][0]}/)")
+    return _scan_domainbed(name, Path(data_root))
+
+
+def _scan_domainbed(name: str, data_root: Path) -> DGDataset:
+    folder, expected = DOMAINBED_LAYOUTS[name]
+    root = data_root / folder
+    if not root.is_dir():
+        alt = data_root if data_root.name == folder else None
+        if alt is None or not alt.is_dir():
+            raise DataLayoutError(f"{root} does not exist: --data-root must hold the DomainBed folder {folder}/")
+        root = alt
+    entries = sorted(e.name for e in os.scandir(root) if not _ignored(e.name))
+    missing = [d for d in expected if d not in entries]
+    if missing:
+        raise DataLayoutError(f"{root}: missing domain folder(s) {', '.join(missing)} "
+                              f"(expected {', '.join(expected)})")
+    stray = [e for e in entries if e not in expected]
+    if stray:
+        raise DataLayoutError(f"{root}: unexpected entries among the domains: {', '.join(stray[:5])}"
+                              + (f" and {len(stray) - 5} more" if len(stray) > 5 else "")
+                              + " (DomainBed would silently count them as domains; move them away)")
+    class_sets = {}
+    for d in expected:
+        droot = root / d
+        if not droot.is_dir():
+            raise DataLayoutError(f"{droot} is not a folder")
+        names = sorted(e.name for e in os.scandir(droot) if not _ignored(e.name))
+        files = [n for n in names if not (droot / n).is_dir()]
+        if files:
+            raise DataLayoutError(f"{droot}: files among the class folders: {', '.join(files[:5])} "
+                                  "(each domain must hold only class folders)")
+        class_sets[d] = names
+    reference = class_sets[expected[0]]
+    for d in expected[1:]:
+        if class_sets[d] != reference:
+            only_ref = sorted(set(reference) - set(class_sets[d]))
+            only_d = sorted(set(class_sets[d]) - set(reference))
+            parts = []
+            if only_ref:
+                parts.append(f"missing in {d}: {', '.join(only_ref[:5])}")
+            if only_d:
+                parts.append(f"only in {d}: {', '.join(only_d[:5])}")
+            raise DataLayoutError(f"{root}: class folders differ between {expected[0]} and {d} ({'; '.join(parts)})")
+    if not reference:
+        raise DataLayoutError(f"{root / expected[0]} holds no class folders")
+    domains = []
+    for d in expected:
+        paths, labels = [], []
+        for ci, cls in enumerate(reference):
+            files = sorted(_walk_class(root / d, cls))
+            paths += files
+            labels += [ci] * len(files)
+        if not paths:
+            raise DataLayoutError(f"{root / d} holds no images")
+        domains.append(Domain(d, np.asarray(labels, np.int64), paths=paths))
+    return DGDataset(name, str(root), domains, list(reference))
+
+
+@lru_cache(maxsize=1)
+def _rotated_digits_arrays() -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    from PIL import Image
+
+    from mamba_bench.data.embedded import _digits
+
+    imgs, labels, _, _ = _digits()
+    order = np.random.default_rng(0).permutation(len(labels))
+    out = []
+    for k, angle in enumerate(ROTATIONS):
+        idx = np.sort(order[k::len(ROTATIONS)])
+        rot = np.stack([np.asarray(Image.fromarray(imgs[i]).rotate(angle, resample=Image.BILINEAR)) for i in idx])
+        rot.setflags(write=False)
+        out.append((rot, labels[idx].copy()))
+    return tuple(out)
+
+
+def rotated_digits() -> DGDataset:
+    domains = [Domain(f"{a}deg", lab, arrays=arr) for a, (arr, lab) in zip(ROTATIONS, _rotated_digits_arrays(),
+                                                                           strict=True)]
+    return DGDataset("rotated-digits", "embedded:rotated-digits", domains, [str(i) for i in range(10)])

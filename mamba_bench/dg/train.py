@@ -1,0 +1,316 @@
+"""``dg-train``: leave-one-domain-out training with the DomainBed protocol.
+
+One *cell* = (algorithm, test domain, seed). It trains on the ``in`` splits of every other domain
+(each step draws ``batch_size`` images from each training domain, with replacement, as DomainBed's
+infinite loaders do), evaluates every ``eval_every`` steps on the ``in`` and ``out`` split of every
+domain, and keeps:
+
+    OUT/<algorithm>/<test domain>/seed<k>/
+        config.json   the cell's resolved configuration and its fingerprint
+        state.pt      resume state: model, optimiser, schedule, RNG states, evaluations so far
+        best.pt       weights at the step chosen by training-domain validation (safetensors +
+                      metadata: architecture, classes, algorithm, data set, split, seed, step)
+        last.pt       weights after the last step (same format)
+        evals.json    every evaluation (step, domain, split, accuracy, n)
+
+``state.pt`` is written atomically at every evaluation; killing a run and running the same
+command again resumes from the last evaluation with the same random streams. A cell whose
+``last.pt`` exists is complete and skipped.
+
+Recipe defaults (VMamba DG literature, DGMamba/START): AdamW, lr 3e-4, weight decay 0.05,
+linear warm-up over the first 10 % of steps then cosine to 0, label smoothing 0.1, augmentation
+RandomResizedCrop(scale 0.7-1) + horizontal flip + ColorJitter(0.3, 0.3, 0.3, 0.3) + grayscale
+(p 0.1) for photographs; none for rotated-digits (DomainBed trains its digit sets without
+augmentation, and flips change digits). Images are resized to ``image_size`` squared first
+(DomainBed's eval transform), the random crop is taken from that.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mamba_bench.dg.algorithms import get_algorithm
+from mamba_bench.dg.data import DGDataset, Domain, seed_hash
+from mamba_bench.errors import MambaBenchError, RunDirError
+from mamba_bench.results.store import atomic_write_bytes, atomic_write_json
+
+CHECKPOINT_KIND = "mamba-bench dg-train checkpoint"
+
+
+@dataclass(frozen=True)
+class DGTrainConfig:
+    dataset: str
+    algorithm: str
+    test_domain: str
+    seed: int
+    init: str = "vmamba-nano"
+    weights: str | None = None
+    steps: int = 300
+    batch_size: int = 32
+    lr: float = 3e-4
+    weight_decay: float = 0.05
+    warmup_fraction: float = 0.1
+    label_smoothing: float = 0.1
+    image_size: int = 224
+    eval_every: int = 50
+    augment: str = "imagenet"
+    hparams: dict = field(default_factory=dict)
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True, default=list).encode()).hexdigest()[:16]
+
+    def cell_dir(self, out: Path) -> Path:
+        return Path(out) / self.algorithm / self.test_domain / f"seed{self.seed}"
+
+
+def lr_factor(step: int, steps: int, warmup: int) -> float:
+    """Linear warm-up to 1 over ``warmup`` steps, then cosine to 0 at ``steps``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+
+# -- images ------------------------------------------------------------------------------------------------
+class ImageSource:
+    """uint8 (n, 3, S, S) tensors of a domain's samples, decoded in a thread pool (files) or sliced."""
+
+    def __init__(self, image_size: int, threads: int = 8):
+        self.size = image_size
+        self.pool = ThreadPoolExecutor(max_workers=threads)
+
+    def _one(self, domain: Domain, i: int) -> np.ndarray:
+        from PIL import Image
+
+        from mamba_bench.data.images import load_image_rgb
+
+        if domain.arrays is not None:
+            img = Image.fromarray(domain.arrays[i])
+        else:
+            img = load_image_rgb(domain.paths[i])
+        if img.size != (self.size, self.size):
+            img = img.resize((self.size, self.size), Image.BILINEAR)
+        return np.asarray(img)
+
+    def batch(self, domain: Domain, idx: np.ndarray) -> torch.Tensor:
+        if domain.arrays is not None and domain.arrays.shape[1] == self.size:
+            arr = domain.arrays[idx]
+        else:
+            arr = np.stack(list(self.pool.map(lambda i: self._one(domain, int(i)), idx)))
+        return torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2)
+
+
+def _augmenter(kind: str, size: int):
+    if kind == "none":
+        return None
+    if kind != "imagenet":
+        raise MambaBenchError(f"unknown --augment {kind!r}; valid: imagenet, none")
+    from torchvision.transforms import v2
+
+    return v2.Compose([v2.RandomResizedCrop(size, scale=(0.7, 1.0), antialias=True), v2.RandomHorizontalFlip(),
+                       v2.ColorJitter(0.3, 0.3, 0.3, 0.3), v2.RandomGrayscale(0.1)])
+
+
+def _normalise(x: torch.Tensor, mean, std) -> torch.Tensor:
+    x = x.float().div_(255.0)
+    m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
+    return (x - m) / s
+
+
+# -- the model -----------------------------------------------------------------------------------------------
+def build_dg_model(init: str, weights: str | None, num_classes: int, seed: int, cache_dir: str | None = None
+                   ) -> nn.Module:
+    """``init`` from the registry; with ``weights`` its backbone loads them strictly, then a new head."""
+    from mamba_bench.models.registry import get_spec
+    from mamba_bench.models.weights import load_weights_into
+
+    spec = get_spec(init)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed_hash(seed, "init"))
+        if weights is None:
+            return spec.build(num_classes)
+        model = spec.build()
+        load_weights_into(model, weights, spec, cache_dir=cache_dir)
+        reset_head(model, num_classes)
+    return model
+
+
+def reset_head(model: nn.Module, num_classes: int) -> None:
+    from mamba_bench.models.vmamba import VMamba
+
+    if isinstance(model, VMamba):
+        model.classifier.head = nn.Linear(model.num_features, num_classes)
+        nn.init.trunc_normal_(model.classifier.head.weight, std=0.02)
+        nn.init.zeros_(model.classifier.head.bias)
+    elif hasattr(model, "reset_classifier"):
+        model.reset_classifier(num_classes)
+    else:
+        raise MambaBenchError(f"cannot replace the classifier of {type(model).__name__}")
+
+
+def checkpoint_metadata(cfg: DGTrainConfig, ds: DGDataset, splits: dict, step: int, selection: str,
+                        mean, std) -> dict[str, str]:
+    return {
+        "kind": CHECKPOINT_KIND, "arch": cfg.init, "num_classes": str(len(ds.classes)),
+        "classes": json.dumps(ds.classes), "image_size": str(cfg.image_size), "mean": json.dumps(list(mean)),
+        "std": json.dumps(list(std)), "algorithm": cfg.algorithm, "dataset": cfg.dataset,
+        "test_domain": cfg.test_domain, "seed": str(cfg.seed), "step": str(step), "selection": selection,
+        "split": json.dumps(splits), "config": json.dumps(asdict(cfg), default=list),
+    }
+
+
+# -- one cell ------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate(model: nn.Module, ds: DGDataset, splits: dict, source: ImageSource, mean, std, device,
+             batch: int = 128) -> list[dict]:
+    model.eval()
+    rows = []
+    for d in ds.domains:
+        for split in ("in", "out"):
+            idx = np.asarray(splits[d.name][split], np.int64)
+            correct = 0
+            for a in range(0, len(idx), batch):
+                part = idx[a:a + batch]
+                x = _normalise(source.batch(d, part).to(device), mean, std)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                    pred = model(x).argmax(1).cpu()
+                correct += int((pred == torch.from_numpy(d.labels[part])).sum())
+            rows.append({"domain": d.name, "split": split, "n": len(idx),
+                         "accuracy": 100.0 * correct / max(1, len(idx))})
+    return rows
+
+
+def _val_score(rows: list[dict], test_domain: str, selection: str) -> float:
+    if selection == "oracle":
+        return next(r["accuracy"] for r in rows if r["domain"] == test_domain and r["split"] == "out")
+    outs = [r["accuracy"] for r in rows if r["domain"] != test_domain and r["split"] == "out"]
+    return float(np.mean(outs))
+
+
+def train_cell(cfg: DGTrainConfig, ds: DGDataset, out: Path, *, device: torch.device, threads: int = 8,
+               cache_dir: str | None = None, on_eval=None) -> dict:
+    """Train (or resume, or skip when complete) one cell; returns its summary."""
+    from mamba_bench.models.registry import get_spec
+    from mamba_bench.models.weights import save_checkpoint
+
+    cell = cfg.cell_dir(out)
+    conf_path = cell / "config.json"
+    conf = {"config": asdict(cfg), "fingerprint": cfg.fingerprint()}
+    if conf_path.exists():
+        old = json.loads(conf_path.read_text())
+        if old.get("fingerprint") != conf["fingerprint"]:
+            raise RunDirError(f"{cell} holds a run with another configuration; use another --out or delete it")
+    if (cell / "last.pt").exists() and (cell / "evals.json").exists():
+        return {"cell": str(cell), "skipped": True, **json.loads((cell / "evals.json").read_text())["summary"]}
+    atomic_write_json(conf_path, json.loads(json.dumps(conf, default=list)))
+
+    test_i = ds.index(cfg.test_domain)
+    splits = {}
+    for i, d in enumerate(ds.domains):
+        a, b = d.split(cfg.seed, i)
+        splits[d.name] = {"in": a.tolist(), "out": b.tolist()}
+    split_sizes = {k: {"in": len(v["in"]), "out": len(v["out"])} for k, v in splits.items()}
+    spec = get_spec(cfg.init)
+    mean, std = spec.mean, spec.std
+    algo = get_algorithm(cfg.algorithm)
+    hparams = {**algo.defaults, **cfg.hparams}
+    model = build_dg_model(cfg.init, cfg.weights, len(ds.classes), cfg.seed, cache_dir).to(device)
+    handle = algo.attach(model, hparams)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warmup = max(1, int(cfg.warmup_fraction * cfg.steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.steps, warmup))
+    train_domains = [i for i in range(len(ds.domains)) if i != test_i]
+    gens = {i: torch.Generator().manual_seed(seed_hash(cfg.seed, "sampler", i)) for i in train_domains}
+    augment = _augmenter(cfg.augment, cfg.image_size)
+    source = ImageSource(cfg.image_size, threads)
+    evals: list[dict] = []
+    step = 0
+    best = {"score": -1.0, "step": -1}
+    state_path = cell / "state.pt"
+    if state_path.exists():
+        st = torch.load(state_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        sched.load_state_dict(st["sched"])
+        step, evals, best = st["step"], json.loads(st["evals"]), json.loads(st["best"])
+        for i in train_domains:
+            gens[i].set_state(st["gens"][str(i)])
+        torch.set_rng_state(st["rng"])
+        if device.type == "cuda" and "cuda_rng" in st:
+            torch.cuda.set_rng_state(st["cuda_rng"])
+    else:
+        torch.manual_seed(seed_hash(cfg.seed, "train"))
+    t0 = time.perf_counter()
+    elapsed0 = float(best.get("seconds", 0.0))
+    loss_sum, loss_n = 0.0, 0
+    while step < cfg.steps:
+        model.train()
+        xs, ys = [], []
+        for i in train_domains:
+            d = ds.domains[i]
+            pool = np.asarray(splits[d.name]["in"], np.int64)
+            pick = pool[torch.randint(len(pool), (cfg.batch_size,), generator=gens[i]).numpy()]
+            xb = source.batch(d, pick)
+            if augment is not None:
+                xb = torch.stack([augment(img) for img in xb])
+            xs.append(xb)
+            ys.append(torch.from_numpy(d.labels[pick]))
+        x = _normalise(torch.cat(xs).to(device), mean, std)
+        y = torch.cat(ys).to(device)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+        if not torch.isfinite(loss):
+            raise MambaBenchError(f"{cell}: the loss became {float(loss)} at step {step}; lower --lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        step += 1
+        loss_sum += float(loss.detach())
+        loss_n += 1
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            rows = evaluate(model, ds, splits, source, mean, std, device)
+            for r in rows:
+                r["step"] = step
+            evals += rows
+            score = _val_score(rows, cfg.test_domain, "training-domain")
+            seconds = elapsed0 + time.perf_counter() - t0
+            if score > best["score"]:
+                best = {"score": score, "step": step}
+                save_checkpoint(model, cell / "best.pt",
+                                checkpoint_metadata(cfg, ds, split_sizes, step, "training-domain validation",
+                                                    mean, std))
+            best["seconds"] = seconds
+            if on_eval is not None:
+                on_eval(cfg, step, loss_sum / max(1, loss_n), rows)
+            loss_sum, loss_n = 0.0, 0
+            st = {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step,
+                  "evals": json.dumps(evals), "best": json.dumps(best), "rng": torch.get_rng_state(),
+                  "gens": {str(i): g.get_state() for i, g in gens.items()}}
+            if device.type == "cuda":
+                st["cuda_rng"] = torch.cuda.get_rng_state()
+            import io
+
+            buf = io.BytesIO()
+            torch.save(st, buf)
+            atomic_write_bytes(state_path, buf.getvalue())
+    handle.remove()
+    summary = {"best_step": best["step"], "train_val": best["score"], "seconds": best.get("seconds", 0.0),
+               "steps": cfg.steps}
+    atomic_write_json(cell / "evals.json", {"summary": summary, "splits": split_sizes, "evals": evals})
+    save_checkpoint(model, cell / "last.pt",
+                    checkpoint_metadata(cfg, ds, split_sizes, step, "last step", mean, std))
+    source.pool.shutdown()
+    return {"cell": str(cell), "skipped": False, **summary}
