@@ -390,28 +390,10 @@ def dg_train_cmd(
                       + f"; tables: mamba-bench dg-eval {out}")
 
 
-@app.command("dg-eval")
-def dg_eval_cmd(
-    run: Annotated[Path, typer.Argument(help="A dg-train run directory.")],
-    gap: Annotated[bool, typer.Option(help="Also the domain gap (MMD) of Δ, B, C and features per checkpoint.")]
-    = False,
-    data_root: Annotated[str | None, typer.Option(help="Data root for --gap (default: the run's).")] = None,
-    gap_samples: Annotated[int, typer.Option(help="Images per side for --gap.")] = 100,
-    selection: Annotated[str, typer.Option(help="training-domain, oracle or last.")] = "training-domain",
-    device: DeviceOpt = "auto",
-    fmt: FormatOpt = "table",
-) -> None:
-    """Per-domain accuracy table (mean ± std over seeds), dg_results.parquet, bar chart; --gap: MMD table."""
-    from mamba_bench.dg.run import SELECTIONS, dg_eval, summary_table
-    from mamba_bench.eval.corrupt import resolve_device
+def _print_dg(res: dict, selection: str, run: Path, fmt: str = "table") -> None:
+    """dg-eval's tables: accuracy per test domain (mean ± std over seeds) and the domain gap."""
+    from mamba_bench.dg.run import summary_table
 
-    _check_format(fmt)
-    if selection not in SELECTIONS:
-        raise MambaBenchError(f"unknown --selection {selection!r}; valid: {', '.join(SELECTIONS)}")
-    _positive("--gap-samples", gap_samples)
-    res = dg_eval(run, gap=gap, data_root=data_root, gap_samples=gap_samples, device=resolve_device(device))
-    for p in res["pending"]:
-        print(f"mamba-bench: note: {run / p} is still in progress (not in the tables)", file=sys.stderr)
     header, body = summary_table(res["frame"], selection)
     gap_df = res.get("gap")
     if fmt == "json":
@@ -443,6 +425,31 @@ def dg_eval_cmd(
             for r in g.itertuples():
                 table.add_row(r.algorithm, f"{r.delta:.3f}", f"{r.B:.3f}", f"{r.C:.3f}", f"{r.feat:.3f}")
             out_console.print(table)
+
+
+@app.command("dg-eval")
+def dg_eval_cmd(
+    run: Annotated[Path, typer.Argument(help="A dg-train run directory.")],
+    gap: Annotated[bool, typer.Option(help="Also the domain gap (MMD) of Δ, B, C and features per checkpoint.")]
+    = False,
+    data_root: Annotated[str | None, typer.Option(help="Data root for --gap (default: the run's).")] = None,
+    gap_samples: Annotated[int, typer.Option(help="Images per side for --gap.")] = 100,
+    selection: Annotated[str, typer.Option(help="training-domain, oracle or last.")] = "training-domain",
+    device: DeviceOpt = "auto",
+    fmt: FormatOpt = "table",
+) -> None:
+    """Per-domain accuracy table (mean ± std over seeds), dg_results.parquet, bar chart; --gap: MMD table."""
+    from mamba_bench.dg.run import SELECTIONS, dg_eval
+    from mamba_bench.eval.corrupt import resolve_device
+
+    _check_format(fmt)
+    if selection not in SELECTIONS:
+        raise MambaBenchError(f"unknown --selection {selection!r}; valid: {', '.join(SELECTIONS)}")
+    _positive("--gap-samples", gap_samples)
+    res = dg_eval(run, gap=gap, data_root=data_root, gap_samples=gap_samples, device=resolve_device(device))
+    for p in res["pending"]:
+        print(f"mamba-bench: note: {run / p} is still in progress (not in the tables)", file=sys.stderr)
+    _print_dg(res, selection, run, fmt)
     if fmt == "table":
         out_console.print(f"wrote {res['results']}" + (f", {res['plot']}" if res["plot"] else ""))
 
