@@ -279,3 +279,27 @@ def test_dg_eval_lists_cells_in_progress(tmp_path):
 
 def test_algorithm_registry_complete():
     assert ALGORITHMS == ("erm", "start-m", "start-x", "mixstyle", "dsu")
+
+
+def test_pretrained_init_on_disk_domains(tmp_path, cli):
+    """--init with --weights: the backbone loads the official-format file strictly, the head is new."""
+    torch.manual_seed(3)
+    src = get_spec("vmamba-nano").build(10)
+    torch.save({"model": src.state_dict()}, tmp_path / "nano.pth")
+    root = _pacs(tmp_path / "data", per=3)
+    out = tmp_path / "pacs"
+    r = cli("dg-train", "--dataset", "pacs", "--data-root", str(root), "--test-domain", "sketch",
+            "--init", "vmamba-nano", "--weights", str(tmp_path / "nano.pth"), "--steps", "1", "--batch-size", "2",
+            "--image-size", "32", "--lr", "1e-12", "--device", "cpu", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    from safetensors.torch import load_file
+
+    trained = load_file(out / "erm" / "sketch" / "seed0" / "last.pt")
+    assert trained["classifier.head.weight"].shape == (2, src.num_features)  # PACS fixture: dog, horse
+    body = {k: v for k, v in src.state_dict().items() if not k.startswith("classifier.head")}
+    # lr 1e-12: one step leaves the loaded backbone as it was (to float rounding)
+    assert all(torch.allclose(trained[k], v, atol=1e-6) for k, v in body.items())
+    r = cli("predict", "--model", "vmamba-nano", "--weights", str(out / "erm" / "sketch" / "seed0" / "best.pt"),
+            str(root / "PACS" / "photo" / "dog" / "0.png"), "--format", "json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)[0]["topk"][0]["label"] in ("dog", "horse")
