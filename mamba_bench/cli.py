@@ -455,6 +455,61 @@ def dg_eval_cmd(
 
 
 @app.command()
+def finetune(
+    data: Annotated[str, typer.Option(help="Massachusetts Roads dir, 'synthetic-roads' or 'synthetic-roads-b'.")],
+    out: Annotated[Path, typer.Option(help="Run directory; the same command resumes.")],
+    mode: Annotated[list[str] | None, typer.Option(help="scratch, full, freeze; repeat (default all three).")] = None,
+    model: Annotated[str, typer.Option(help="umamba-bot or umamba-enc.")] = "umamba-bot",
+    init: Annotated[str | None, typer.Option(help="Checkpoint of the same U-Mamba (e.g. OUT/scratch/last.pt of a "
+                                                  "pre-training run), for full and freeze.")] = None,
+    iters: Annotated[int, typer.Option()] = 6000,
+    crop: Annotated[int, typer.Option(help="Training crop and inference window (multiple of 16).")] = 256,
+    batch_size: Annotated[int, typer.Option()] = 8,
+    lr: Annotated[float, typer.Option()] = 1e-3,
+    width: Annotated[int, typer.Option(help="Channels of the first U-Net stage.")] = 16,
+    eval_every: Annotated[int | None, typer.Option(help="Iterations between evaluations (default iters/10).")] = None,
+    freeze_warmup: Annotated[int, typer.Option(help="freeze: iterations of gradient measurement.")] = 50,
+    freeze_threshold: Annotated[float, typer.Option(help="freeze: fraction of the median mean |grad| below which "
+                                                         "a tensor is frozen.")] = 0.05,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+) -> None:
+    """U-Mamba road segmentation: scratch vs full fine-tuning vs gradient freezing, on one budget."""
+    from mamba_bench.eval.corrupt import resolve_device
+    from mamba_bench.seg.finetune import FinetuneConfig
+    from mamba_bench.seg.finetune import finetune as run
+
+    for name, v in (("--iters", iters), ("--crop", crop), ("--batch-size", batch_size), ("--lr", lr),
+                    ("--width", width)):
+        _positive(name, v)
+    every = eval_every or max(1, iters // 10)
+    _positive("--eval-every", every)
+    modes = _split(mode) or ["scratch", "full", "freeze"]
+    if "freeze" in modes and not 0 <= freeze_warmup < iters:
+        raise MambaBenchError(f"--freeze-warmup must be in [0, --iters), got {freeze_warmup}")
+    cfg = FinetuneConfig(data=data, model=model, width=width, init=init, iters=iters, crop=crop,
+                         batch_size=batch_size, lr=lr, eval_every=every, seed=seed, freeze_warmup=freeze_warmup,
+                         freeze_threshold=freeze_threshold)
+    from mamba_bench.seg.umamba import SEG_MODELS
+
+    if model not in SEG_MODELS:
+        raise MambaBenchError(f"unknown --model {model!r} for finetune; valid: {', '.join(SEG_MODELS)}")
+    df = run(cfg, modes, out, resolve_device(device),
+             on_mode=lambda m: out_console.print(f"[bold]{m}[/]"),
+             on_eval=lambda r: out_console.print(f"  iter {r['step']:5d}  dice {r['dice']:.3f}  iou {r['iou']:.3f}  "
+                                                 f"val loss {r['val_loss']:.3f}  {r['sec_per_iter']:.3f} s/iter"))
+    table = Table(title=f"road segmentation, final evaluation — {out}")
+    for c in ("mode", "iters", "Dice", "IoU", "val loss", "s/iter", "trainable params", "frozen tensors"):
+        table.add_column(c, justify="right")
+    last = df.sort_values("step").groupby("mode", sort=False).tail(1)
+    for r in last.itertuples():
+        table.add_row(r.mode, str(r.step), f"{r.dice:.3f}", f"{r.iou:.3f}", f"{r.val_loss:.3f}",
+                      f"{r.sec_per_iter:.3f}", f"{r.trainable_params:,}", str(r.frozen_tensors))
+    out_console.print(table)
+    out_console.print(f"wrote {out / 'metrics.parquet'}, {out / 'finetune.png'}")
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Run directory of the demo.")] = Path("runs/demo"),
     epochs: Annotated[int | None, typer.Option(help="Training epochs of the digit models (default per model).")]

@@ -293,8 +293,7 @@ def train_cell(cfg: DGTrainConfig, ds: DGDataset, out: Path, *, device: torch.de
                                 checkpoint_metadata(cfg, ds, split_sizes, step, "training-domain validation",
                                                     mean, std))
             best["seconds"] = seconds
-            if on_eval is not None:
-                on_eval(cfg, step, loss_sum / max(1, loss_n), rows)
+            mean_loss = loss_sum / max(1, loss_n)
             loss_sum, loss_n = 0.0, 0
             st = {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step,
                   "evals": json.dumps(evals), "best": json.dumps(best), "rng": torch.get_rng_state(),
@@ -306,6 +305,8 @@ def train_cell(cfg: DGTrainConfig, ds: DGDataset, out: Path, *, device: torch.de
             buf = io.BytesIO()
             torch.save(st, buf)
             atomic_write_bytes(state_path, buf.getvalue())
+            if on_eval is not None:  # after the state is on disk: an interruption here loses nothing
+                on_eval(cfg, step, mean_loss, rows)
     handle.remove()
     summary = {"best_step": best["step"], "train_val": best["score"], "seconds": best.get("seconds", 0.0),
                "steps": cfg.steps}
