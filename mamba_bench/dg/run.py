@@ -135,10 +135,7 @@ def plot_results(df: pd.DataFrame, path: Path) -> Path | None:
     h = headline(df)
     if h.empty:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from mamba_bench.results.plots import plt, save_figure  # Agg backend, atomic PNG writes
 
     domains = list(dict.fromkeys(h.test_domain))
     algos = list(dict.fromkeys(h.algorithm))
@@ -154,11 +151,7 @@ def plot_results(df: pd.DataFrame, path: Path) -> Path | None:
     ax.set_title("leave-one-domain-out, training-domain validation (mean ± std over seeds)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
 
 
 def dg_eval(run: Path, *, gap: bool = False, data_root: str | None = None, gap_samples: int = 100,

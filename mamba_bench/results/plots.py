@@ -13,7 +13,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
+    """Write a PNG atomically (a temporary file renamed into place) and close the figure."""
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
     fig.savefig(tmp, dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -49,7 +50,7 @@ def write_corruption_plots(metrics: pd.DataFrame, out: Path, models: list[str], 
     fig, ax = plt.subplots(figsize=(max(8, 0.45 * len(table) * max(1, len(models)) / 1.5), 4.5))
     _grouped_bars(ax, table, models, f"Top-1 per corruption (mean over severities) — {dataset}")
     ax.legend(fontsize=8)
-    paths.append(_save(fig, out / "per_corruption.png"))
+    paths.append(save_figure(fig, out / "per_corruption.png"))
 
     cor = [c for c in table.index if c != "clean"]
     if cor:
@@ -80,7 +81,7 @@ def write_corruption_plots(metrics: pd.DataFrame, out: Path, models: list[str], 
         axes[0, 0].legend(fontsize=7)
         fig.supxlabel("severity (0 = clean)")
         fig.supylabel("top-1 (%)")
-        paths.append(_save(fig, out / "severity_curves.png"))
+        paths.append(save_figure(fig, out / "severity_curves.png"))
 
         ranked = table.loc[cor].mean(axis=1).sort_values(ascending=False)
         k = min(k, max(1, len(ranked) // 2)) if len(ranked) > 1 else 1
@@ -88,5 +89,5 @@ def write_corruption_plots(metrics: pd.DataFrame, out: Path, models: list[str], 
         _grouped_bars(a1, table.loc[list(ranked.index[:k])], models, f"(a) best {k} corruptions")
         _grouped_bars(a2, table.loc[list(ranked.index[-k:])], models, f"(b) worst {k} corruptions")
         a1.legend(fontsize=8)
-        paths.append(_save(fig, out / "best_worst.png"))
+        paths.append(save_figure(fig, out / "best_worst.png"))
     return paths

@@ -306,10 +306,7 @@ def _write_metrics(out: Path) -> None:
 
 
 def plot_curves(df: pd.DataFrame, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from mamba_bench.results.plots import plt, save_figure  # Agg backend, atomic PNG writes
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     for mode in dict.fromkeys(df["mode"]):
@@ -322,11 +319,7 @@ def plot_curves(df: pd.DataFrame, path: Path) -> Path:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
 
 
 def finetune(cfg: FinetuneConfig, modes: list[str], out: Path, device, on_mode=None, on_eval=None) -> pd.DataFrame:
