@@ -15,7 +15,7 @@ export MPLBACKEND := Agg
 DEMO_OUT ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup demo test bench lint clean report-ci baseline browser
 
 setup: $(STAMP)
 
@@ -29,14 +29,34 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/mamba-bench demo --out $(DEMO_OUT)
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# Debian's Chromium for the report's headless-browser test (the test is skipped where it cannot be had).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	   (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1)); } || \
+	  echo "chromium not installed: the report's browser test will be skipped"
+
+# The CI robustness gate: rerun the quick embedded run and compare it with the committed baseline
+# (exit 1 on a regression: a top-1 drop of more than 1 point that McNemar's test calls significant).
+report-ci: $(STAMP)
+	rm -rf runs/ci
+	$(BIN)/mamba-bench demo --quick --out runs/ci --no-progress
+	$(BIN)/mamba-bench compare reports/baseline runs/ci --max-drop 1.0 --format markdown
+
+# Re-make the committed baseline (after an intended change of results; commit reports/baseline/).
+baseline: $(STAMP)
+	rm -rf runs/ci reports/baseline
+	$(BIN)/mamba-bench demo --quick --out runs/ci --no-progress
+	$(BIN)/mamba-bench report runs/ci --out reports/baseline --title "mamba-bench CI baseline"
 
 bench: $(STAMP)
 	$(BIN)/mamba-bench bench corrupt --out runs/bench
 
 lint: $(STAMP)
-	$(BIN)/ruff check mamba_bench tests
+	$(BIN)/ruff check mamba_bench tests scripts
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -510,15 +510,74 @@ def finetune(
 
 
 @app.command()
+def report(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories (corrupt, dg-train, finetune).")],
+    out: Annotated[Path, typer.Option(help="Report directory: report.md, report.html, data/.")],
+    title: Annotated[str, typer.Option()] = "mamba-bench report",
+) -> None:
+    """report.md and a self-contained report.html (plots embedded, no network) from run directories."""
+    from mamba_bench.report.report import write_report
+
+    res = write_report(list(runs), out, title)
+    out_console.print(f"wrote {res['markdown']} and {res['html']} ({len(res['runs'])} run(s))")
+
+
+@app.command()
+def compare(
+    baseline: Annotated[Path, typer.Argument(help="Baseline: a report directory or a corrupt run directory.")],
+    candidate: Annotated[Path, typer.Argument(help="Candidate: a report directory or a corrupt run directory.")],
+    max_drop: Annotated[float, typer.Option(help="Top-1 drop (points) above which a row can be a regression.")] = 0.5,
+    alpha: Annotated[float, typer.Option(help="Significance level of the paired McNemar test.")] = 0.05,
+    strict: Annotated[bool, typer.Option(help="Refuse runs made with different suites or seeds.")] = False,
+    fmt: FormatOpt = "table",
+) -> None:
+    """Exit 0: no regression; 1: a regression (drop > --max-drop and significant); 2: bad input."""
+    from mamba_bench.report.compare import compare as run_compare
+    from mamba_bench.report.compare import to_json, to_markdown
+    from mamba_bench.report.runs import load_side
+
+    _check_format(fmt)
+    c = run_compare(load_side(baseline), load_side(candidate), max_drop=max_drop, alpha=alpha, strict=strict)
+    for w in c.warnings:
+        print(f"mamba-bench: warning: {w}", file=sys.stderr)
+    if fmt == "json":
+        print(json.dumps(to_json(c), indent=2, default=str))
+    elif fmt == "markdown":
+        print(to_markdown(c), end="")
+    else:
+        table = Table(title=f"{baseline} → {candidate}: {len(c.regressions)} regression(s) in {len(c.rows)} rows")
+        for col in ("model", "corruption", "sev", "top-1 base", "top-1 cand", "Δ", "p", "verdict"):
+            table.add_column(col, justify="right")
+        for r in c.rows.itertuples():
+            p = "—" if r.p_value is None or r.p_value != r.p_value else f"{r.p_value:.3g}"
+            table.add_row(r.model, r.corruption, str(r.severity), f"{r.top1_base:.2f}", f"{r.top1_cand:.2f}",
+                          f"{r.d_top1:+.2f}", p, r.verdict)
+        out_console.print(table)
+        for label, df in (("only in the baseline", c.only_baseline), ("only in the candidate", c.only_candidate)):
+            if len(df):
+                out_console.print(f"{len(df)} row(s) {label}: " + ", ".join(
+                    f"{r.model}/{r.corruption}/{r.severity}" for r in df.itertuples()))
+    if len(c.regressions):
+        raise typer.Exit(1)
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Run directory of the demo.")] = Path("runs/demo"),
     epochs: Annotated[int | None, typer.Option(help="Training epochs of the digit models (default per model).")]
     = None,
     workers: Annotated[int | None, typer.Option()] = None,
     progress: Annotated[bool, typer.Option()] = True,
+    quick: Annotated[bool, typer.Option(help="Only the CI gate's quick run (see `make report-ci`).")] = False,
 ) -> None:
-    """The whole pipeline offline on embedded data: train small models on digits, corrupt, plot."""
-    from mamba_bench.demo import run_demo
+    """The whole pipeline offline on embedded data: train small models on digits, corrupt, plot.
+
+    --quick: only the CI gate's small run (one 4-epoch ConvNeXt-nano, severity 3, 200 digits)."""
+    from mamba_bench.demo import run_demo, run_quick
+
+    if quick:
+        run_quick(out, console=out_console, progress=progress)
+        return
 
     run_demo(out=out, epochs=epochs, workers=workers, progress=progress, console=out_console)
 

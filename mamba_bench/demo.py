@@ -131,3 +131,22 @@ def run_finetune_demo(out: Path, *, console: Console | None = None, iters: int =
                       f"{r.trainable_params:,} trainable parameters")
     console.print(f"plot: {out / 'finetune.png'}")
     return df
+
+
+#: The CI robustness gate's quick embedded run: a ConvNeXt-nano trained 4 epochs on digits (≈ 15 s on
+#: 2 cores, cached), every corruption at severity 3 on 20 held-out digits per class, predictions saved
+#: so that `compare` can run its paired test. reports/baseline/ holds the report of this run.
+QUICK = dict(model="convnext-nano", epochs=4, per_class=20, severities=[3])
+
+
+def run_quick(out: Path, *, console: Console | None = None, progress: bool = False):
+    console = console or Console()
+    weights = demo_weights(QUICK["model"], epochs=QUICK["epochs"], console=console)
+    cfg = CorruptConfig(models=[QUICK["model"]], data="digits", out=str(out), weights=[str(weights)],
+                        per_class=QUICK["per_class"], severities=QUICK["severities"], save_predictions=True,
+                        progress=progress)
+    res = run_corrupt(cfg)
+    from mamba_bench.cli import _print_run_summary
+
+    _print_run_summary(res.metrics, res.summary, res.out)
+    return res

@@ -1,0 +1,149 @@
+"""``compare``: baseline vs candidate corruption results, with a paired test against noise.
+
+Rows are matched on (model, dataset, corruption, severity). For each matched row every metric's
+delta is reported (candidate − baseline). A row is a **regression** when its top-1 drops by more
+than ``max_drop`` points and — when both sides saved per-image predictions for the same images —
+the exact McNemar test on the discordant pairs rejects "no change" at ``alpha``; without
+predictions the threshold alone decides. Rows present on one side only are listed, never dropped.
+Runs made with different suites or seeds are compared on what matches, with a warning (or refused
+with ``strict``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from mamba_bench.errors import MambaBenchError
+from mamba_bench.report.runs import Run
+
+KEYS = ["model", "dataset", "corruption", "severity"]
+METRICS = ["top1", "top5", "nll", "ece"]
+
+
+@dataclass
+class Comparison:
+    rows: pd.DataFrame                     # matched rows with deltas, p-values and verdicts
+    only_baseline: pd.DataFrame
+    only_candidate: pd.DataFrame
+    warnings: list[str] = field(default_factory=list)
+    max_drop: float = 0.5
+    alpha: float = 0.05
+
+    @property
+    def regressions(self) -> pd.DataFrame:
+        return self.rows[self.rows.verdict == "regression"]
+
+
+def mcnemar_p(b: int, c: int) -> float:
+    """Exact two-sided McNemar p-value for b and c discordant pairs (binomial, p = 1/2)."""
+    from scipy.stats import binomtest
+
+    n = b + c
+    if n == 0:
+        return 1.0
+    return float(binomtest(min(b, c), n, 0.5).pvalue)
+
+
+def _concat(runs: list[Run], table: str) -> pd.DataFrame | None:
+    frames = [r.tables[table] for r in runs if table in r.tables]
+    return pd.concat(frames, ignore_index=True) if frames else None
+
+
+def _fingerprints(runs: list[Run]) -> tuple[set, set]:
+    suites = {(r.manifest.get("suite") or {}).get("sha256") for r in runs}
+    seeds = {r.manifest.get("seed") for r in runs}
+    return suites, seeds
+
+
+def compare(baseline: list[Run], candidate: list[Run], *, max_drop: float = 0.5, alpha: float = 0.05,
+            strict: bool = False) -> Comparison:
+    if max_drop < 0:
+        raise MambaBenchError(f"--max-drop must be ≥ 0, got {max_drop}")
+    if not 0 < alpha < 1:
+        raise MambaBenchError(f"--alpha must be in (0, 1), got {alpha}")
+    warnings = []
+    (bs, bseed), (cs, cseed) = _fingerprints(baseline), _fingerprints(candidate)
+    if bs != cs:
+        warnings.append("baseline and candidate were made with different corruption suites (sha256 differ)")
+    if bseed != cseed:
+        warnings.append(f"baseline and candidate use different seeds ({sorted(map(str, bseed))} vs "
+                        f"{sorted(map(str, cseed))}): corrupted images differ, deltas include that")
+    if warnings and strict:
+        raise MambaBenchError("--strict: " + "; ".join(warnings))
+    bm, cm = _concat(baseline, "metrics"), _concat(candidate, "metrics")
+    for name, df in (("baseline", bm), ("candidate", cm)):
+        missing = [k for k in KEYS + ["top1"] if df is None or k not in df.columns]
+        if missing:
+            raise MambaBenchError(f"the {name}'s metrics lack columns {missing}")
+    both = bm.merge(cm, on=KEYS, how="outer", suffixes=("_base", "_cand"), indicator=True)
+    only_b = both[both._merge == "left_only"][KEYS].reset_index(drop=True)
+    only_c = both[both._merge == "right_only"][KEYS].reset_index(drop=True)
+    rows = both[both._merge == "both"].drop(columns="_merge").reset_index(drop=True)
+    for m in METRICS:
+        if f"{m}_base" in rows and f"{m}_cand" in rows:
+            rows[f"d_{m}"] = rows[f"{m}_cand"] - rows[f"{m}_base"]
+    bp, cp = _concat(baseline, "predictions"), _concat(candidate, "predictions")
+    pvals, pairs = [], []
+    for r in rows.itertuples():
+        p, n = None, 0
+        if bp is not None and cp is not None:
+            key = (bp.model == r.model) & (bp.dataset == r.dataset) & (bp.corruption == r.corruption) & \
+                  (bp.severity == r.severity)
+            key_c = (cp.model == r.model) & (cp.dataset == r.dataset) & (cp.corruption == r.corruption) & \
+                    (cp.severity == r.severity)
+            m = bp[key][["image_id", "correct"]].merge(cp[key_c][["image_id", "correct"]], on="image_id",
+                                                        suffixes=("_b", "_c"))
+            n = len(m)
+            if n:
+                b = int((m.correct_b & ~m.correct_c).sum())
+                c = int((~m.correct_b & m.correct_c).sum())
+                p = mcnemar_p(b, c)
+        pvals.append(p)
+        pairs.append(n)
+    rows["paired_images"] = pairs
+    rows["p_value"] = pd.array(pvals, dtype="Float64")
+    drop = -rows["d_top1"]
+    significant = rows["p_value"].isna() | (rows["p_value"] < alpha)
+    rows["verdict"] = "ok"
+    rows.loc[(drop > max_drop) & ~significant.fillna(True).astype(bool), "verdict"] = "within noise"
+    rows.loc[(drop > max_drop) & significant.fillna(True).astype(bool), "verdict"] = "regression"
+    rows.loc[rows["d_top1"] > max_drop, "verdict"] = "improved"
+    return Comparison(rows, only_b, only_c, warnings, max_drop, alpha)
+
+
+def to_markdown(c: Comparison) -> str:
+    reg = c.regressions
+    lines = [f"**mamba-bench compare**: {len(c.rows)} matched rows, {len(reg)} regression(s) "
+             f"(top-1 drop > {c.max_drop} points and McNemar p < {c.alpha} where predictions exist)", ""]
+    for w in c.warnings:
+        lines.append(f"> warning: {w}")
+    shown = c.rows[c.rows.verdict != "ok"]
+    if len(shown):
+        lines += ["| model | corruption | severity | top-1 base | top-1 cand | Δ top-1 | p | verdict |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in shown.itertuples():
+            p = "—" if pd.isna(r.p_value) else f"{r.p_value:.3g}"
+            lines.append(f"| {_md(r.model)} | {_md(r.corruption)} | {r.severity} | {r.top1_base:.2f} | "
+                         f"{r.top1_cand:.2f} | {r.d_top1:+.2f} | {p} | {r.verdict} |")
+    else:
+        lines.append("No row moved by more than the threshold.")
+    for label, df in (("only in the baseline", c.only_baseline), ("only in the candidate", c.only_candidate)):
+        if len(df):
+            lines += ["", f"Rows {label} ({len(df)}): " + ", ".join(
+                f"{_md(r.model)}/{_md(r.corruption)}/{r.severity}" for r in df.itertuples())]
+    return "\n".join(lines) + "\n"
+
+
+def _md(s: object) -> str:
+    return str(s).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def to_json(c: Comparison) -> dict:
+    cols = KEYS + [x for x in c.rows.columns if x.endswith(("_base", "_cand")) or x.startswith("d_")] + \
+        ["paired_images", "p_value", "verdict"]
+    rows = c.rows[[x for x in cols if x in c.rows.columns]].astype(object).where(c.rows.notna(), None)
+    return {"max_drop": c.max_drop, "alpha": c.alpha, "regressions": int(len(c.regressions)),
+            "warnings": c.warnings, "rows": rows.to_dict("records"),
+            "only_baseline": c.only_baseline.to_dict("records"), "only_candidate": c.only_candidate.to_dict("records")}

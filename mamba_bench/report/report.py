@@ -1,0 +1,177 @@
+"""``report``: run directories → ``report.md`` and one self-contained ``report.html``.
+
+The HTML has no scripts and no external resources: plots are embedded as base64 PNGs, the CSS is
+inline and fluid (tables scroll sideways on a phone). Every user-supplied string — model names,
+paths, class and domain names, command lines — goes through ``html.escape`` (HTML) or a Markdown
+escape. The report directory also keeps each corruption run's tables under ``data/<run>/`` and an
+index ``report.json``, so it can be the baseline of ``mamba-bench compare`` later.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from mamba_bench.errors import MambaBenchError
+from mamba_bench.report.runs import Run, load_run
+from mamba_bench.results.store import atomic_write_bytes, atomic_write_json
+
+CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1100px;
+padding:12px;line-height:1.45;color:#1b1b1b}h1{font-size:1.5em}h2{font-size:1.25em;border-bottom:1px solid #ddd}
+h3{font-size:1.05em}.scroll{overflow-x:auto;-webkit-overflow-scrolling:touch}table{border-collapse:collapse;
+font-size:.85em;margin:6px 0}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right;white-space:nowrap}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%;height:auto}
+code{background:#f5f5f5;padding:1px 3px;word-break:break-all}.meta{font-size:.85em;color:#444}"""
+
+
+class _Doc:
+    """Builds the Markdown and the HTML side by side from the same calls."""
+
+    def __init__(self) -> None:
+        self.md: list[str] = []
+        self.html: list[str] = []
+
+    def heading(self, level: int, text: str) -> None:
+        self.md.append(f"{'#' * level} {_md(text)}\n")
+        self.html.append(f"<h{level}>{html.escape(text)}</h{level}>")
+
+    def para(self, text: str) -> None:
+        self.md.append(_md(text) + "\n")
+        self.html.append(f"<p>{html.escape(text)}</p>")
+
+    def meta(self, items: list[tuple[str, object]]) -> None:
+        self.md += [f"- {_md(k)}: `{_code(v)}`" for k, v in items] + [""]
+        self.html.append("<ul class=meta>" + "".join(
+            f"<li>{html.escape(k)}: <code>{html.escape(str(v))}</code></li>" for k, v in items) + "</ul>")
+
+    def table(self, df: pd.DataFrame, floatfmt: str = "{:.2f}") -> None:
+        cols = [str(c) for c in df.columns]
+        cells = [[floatfmt.format(v) if isinstance(v, float) else str(v) for v in row]
+                 for row in df.itertuples(index=False)]
+        self.md += ["| " + " | ".join(_md(c) for c in cols) + " |", "|" + "---|" * len(cols)]
+        self.md += ["| " + " | ".join(_md(v) for v in r) + " |" for r in cells] + [""]
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in r) + "</tr>" for r in cells)
+        self.html.append(f"<div class=scroll><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
+
+    def image(self, path: Path, alt: str, rel: str) -> None:
+        data = base64.b64encode(path.read_bytes()).decode()
+        self.md.append(f"![{_md(alt)}]({rel})\n")
+        self.html.append(f'<p><img alt="{html.escape(alt, quote=True)}" src="data:image/png;base64,{data}"></p>')
+
+
+def _md(text: object) -> str:
+    s = str(text)
+    for ch in "\\`*_[]<>|#":
+        s = s.replace(ch, "\\" + ch)
+    return s
+
+
+def _code(v: object) -> str:
+    return str(v).replace("`", "'")
+
+
+def _corrupt_section(doc: _Doc, run: Run, out: Path) -> None:
+    man, m = run.manifest, run.tables["metrics"]
+    data = man.get("data", {})
+    doc.meta([("path", run.path), ("command", " ".join(map(str, man.get("command", [])))),
+              ("data", f"{data.get('name')} ({data.get('usable')} images, {data.get('num_classes')} classes)"),
+              ("suite", (man.get("suite") or {}).get("name")), ("seed", man.get("seed")),
+              ("models", ", ".join(x["name"] for x in man.get("models", []))), ("git", man.get("git_commit"))])
+    clean = m[m.corruption == "clean"].set_index("model").top1
+    corr = m[m.corruption != "clean"]
+    wide = corr.groupby(["corruption", "model"]).top1.mean().unstack("model")
+    wide.insert(0, "corruption", wide.index)
+    doc.heading(3, "Top-1 (%) per corruption, mean over severities")
+    doc.table(pd.concat([pd.DataFrame([{"corruption": "clean", **clean.to_dict()}]), wide], ignore_index=True))
+    sev = corr.groupby(["severity", "model"]).top1.mean().unstack("model")
+    sev.insert(0, "severity", sev.index.astype(str))
+    doc.heading(3, "Top-1 (%) per severity, mean over corruptions")
+    doc.table(sev)
+    s = run.tables["summary"]
+    if len(s):
+        doc.heading(3, f"mCE and relative mCE (baseline {s.baseline.iloc[0]})")
+        agg = s.groupby("model").agg(mean_top1=("mean_top1", "mean"), mCE=("ce", "mean"),
+                                     relative_mCE=("relative_ce", "mean")).reset_index()
+        doc.table(agg)
+    for name, path in run.plots.items():
+        doc.image(path, f"{run.name}: {name}", f"plots/{run.name}-{name}")
+        _copy(path, out / "plots" / f"{run.name}-{name}")
+
+
+def _dg_section(doc: _Doc, run: Run, out: Path) -> None:
+    from mamba_bench.dg.run import summary_table
+
+    man = run.manifest
+    doc.meta([("path", run.path), ("data set", man.get("dataset")), ("domains", ", ".join(man.get("domains", [])))])
+    for selection in ("training-domain", "oracle"):
+        header, body = summary_table(run.tables["dg"], selection)
+        doc.heading(3, f"Test-domain top-1 (%), {selection} selection, mean ± std over seeds")
+        doc.table(pd.DataFrame(body, columns=header))
+    if "gap" in run.tables:
+        g = run.tables["gap"].groupby("algorithm", sort=False)[["delta", "B", "C", "feat"]].mean().reset_index()
+        doc.heading(3, "Domain gap (MMD, lower is better)")
+        doc.table(g.rename(columns={"delta": "Δ", "feat": "Feat."}), "{:.3f}")
+    if man.get("pending"):
+        doc.para("In progress, not in the tables: " + ", ".join(man["pending"]))
+    for name, path in run.plots.items():
+        doc.image(path, f"{run.name}: {name}", f"plots/{run.name}-{name}")
+        _copy(path, out / "plots" / f"{run.name}-{name}")
+
+
+def _finetune_section(doc: _Doc, run: Run, out: Path) -> None:
+    df = run.tables["finetune"]
+    doc.meta([("path", run.path)])
+    last = df.sort_values("step").groupby("mode", sort=False).tail(1)
+    doc.heading(3, "Final evaluation per regime")
+    doc.table(last[["mode", "step", "dice", "iou", "val_loss", "sec_per_iter", "trainable_params"]], "{:.3f}")
+    for name, path in run.plots.items():
+        doc.image(path, f"{run.name}: {name}", f"plots/{run.name}-{name}")
+        _copy(path, out / "plots" / f"{run.name}-{name}")
+
+
+def _copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+
+
+def write_report(run_dirs: list[Path], out: Path, title: str = "mamba-bench report") -> dict:
+    if not run_dirs:
+        raise MambaBenchError("report needs at least one run directory")
+    runs, names = [], set()
+    for d in run_dirs:
+        name = Path(d).resolve().name
+        k = 2
+        base = name
+        while name in names:
+            name, k = f"{base}-{k}", k + 1
+        names.add(name)
+        runs.append(load_run(Path(d), name))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    doc = _Doc()
+    doc.heading(1, title)
+    doc.para(f"{len(runs)} run(s): " + ", ".join(f"{r.name} ({r.kind})" for r in runs))
+    index = []
+    for run in runs:
+        doc.heading(2, f"{run.name} — {run.kind}")
+        {"corrupt": _corrupt_section, "dg": _dg_section, "finetune": _finetune_section}[run.kind](doc, run, out)
+        index.append({"name": run.name, "kind": run.kind, "path": str(run.path)})
+        if run.kind == "corrupt":
+            dst = out / "data" / run.name
+            dst.mkdir(parents=True, exist_ok=True)
+            for f in ("manifest.json", "metrics.parquet", "summary.parquet", "predictions.parquet"):
+                if (run.path / f).exists():
+                    _copy(run.path / f, dst / f)
+    atomic_write_bytes(out / "report.md", "\n".join(doc.md).encode())
+    page = ("<!doctype html><html lang=en><head><meta charset=utf-8>"
+            "<meta name=viewport content='width=device-width, initial-scale=1'>"
+            f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
+            + "".join(doc.html) + "</body></html>")
+    atomic_write_bytes(out / "report.html", page.encode())
+    atomic_write_json(out / "report.json", {"title": title, "runs": index})
+    return {"markdown": out / "report.md", "html": out / "report.html", "runs": index}
