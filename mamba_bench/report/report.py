@@ -94,10 +94,15 @@ def _corrupt_section(doc: _Doc, run: Run, out: Path) -> None:
     doc.table(sev)
     s = run.tables["summary"]
     if len(s):
-        doc.heading(3, f"mCE and relative mCE (baseline {s.baseline.iloc[0]})")
+        has_ce = s.ce.notna().any()
         agg = s.groupby("model").agg(mean_top1=("mean_top1", "mean"), mCE=("ce", "mean"),
                                      relative_mCE=("relative_ce", "mean")).reset_index()
-        doc.table(agg)
+        if has_ce:
+            doc.heading(3, f"mCE and relative mCE (baseline {s.baseline.dropna().iloc[0]})")
+            doc.table(agg)
+        else:
+            doc.heading(3, "Mean corrupted top-1 (%) (no --baseline: no mCE)")
+            doc.table(agg[["model", "mean_top1"]])
     for name, path in run.plots.items():
         doc.image(path, f"{run.name}: {name}", f"plots/{run.name}-{name}")
         _copy(path, out / "plots" / f"{run.name}-{name}")
