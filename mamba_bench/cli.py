@@ -7,6 +7,7 @@ becomes exit code 130 with the finished part of the run kept on disk.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -85,7 +86,8 @@ def corrupt(
                         batch_size=batch_size, device=device, workers=workers,
                         save_predictions=save_predictions, random_init=random_init, progress=progress)
     res = run_corrupt(cfg)
-    _print_run_summary(res.metrics, res.summary, res.out)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 speaks for the run
+        _print_run_summary(res.metrics, res.summary, res.out)
 
 
 def _print_run_summary(metrics, summary, out: Path) -> None:

@@ -8,6 +8,7 @@ metrics → one part file per cell → final tables and plots. Corruption of an 
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ import torch
 from mamba_bench.corruptions import Corruption, Suite, apply_corruption, load_suite
 from mamba_bench.data import ImageSet, open_dataset
 from mamba_bench.errors import CheckpointError, MambaBenchError
+from mamba_bench.eval.distributed import Dist, init_distributed, merge_shards, shard_path, write_shard
 from mamba_bench.eval.metrics import add_clean_drop, corruption_errors, per_image, summarize
 from mamba_bench.models.preprocess import to_model_input
 from mamba_bench.models.registry import ModelSpec, get_spec, spec_for_weights
@@ -180,40 +182,51 @@ def _load_clean(ds: ImageSet, workers: int) -> tuple[np.ndarray, list[int], list
 
 def iterate_cells(images: np.ndarray, ids: list[str], labels: torch.Tensor,
                   cells: list[tuple[Corruption | None, int]], pending: list[int], models: list[LoadedModel], *,
-                  seed: int, batch_size: int, workers: int, device: torch.device, on_batch=None):
-    """Yield ``(cell index, {model: per-image arrays})`` for each pending cell, in order.
+                  seed: int, batch_size: int, workers: int, device: torch.device, on_batch=None,
+                  shard: tuple[int, int] = (0, 1)):
+    """Yield ``(cell index, image positions, {model: per-image arrays})`` for each pending cell, in order.
 
     Each corrupted batch is made once (in DataLoader workers, overlapping with the models' compute)
-    and fed to every model before the next one is taken.
+    and fed to every model before the next one is taken. With ``shard=(rank, world)`` this process
+    takes every world-th batch of each cell, starting at its rank: the batches are the ones a single
+    process would make, so per-image results do not depend on the number of processes.
     """
+    rank, world = shard
     n = len(ids)
-    batches = [list(range(j * n + a, j * n + min(a + batch_size, n)))
-               for j in pending for a in range(0, n, batch_size)]
+    plan = []
+    for j in pending:
+        cell_batches = [list(range(j * n + a, j * n + min(a + batch_size, n))) for a in range(0, n, batch_size)]
+        plan.append((j, cell_batches[rank::world]))
+    flat = [b for _, mine in plan for b in mine]
     loader = torch.utils.data.DataLoader(
-        _CellImages(images, ids, cells, seed), batch_sampler=batches, num_workers=workers,
+        _CellImages(images, ids, cells, seed), batch_sampler=flat, num_workers=workers if flat else 0,
         collate_fn=torch.stack, pin_memory=device.type == "cuda",
-        multiprocessing_context="fork" if workers and os.name == "posix" else None,
+        multiprocessing_context="fork" if workers and flat and os.name == "posix" else None,
     )
-    acc: dict[str, list[dict[str, torch.Tensor]]] = {m.name: [] for m in models}
+    stream = zip(flat, loader, strict=True)
     with torch.inference_mode():
-        for idxs, batch in zip(batches, loader, strict=True):
-            j, start = divmod(idxs[0], n)
-            y = labels[start:start + len(idxs)].to(device)
-            for m in models:
-                x = to_model_input(batch, m.spec, device)
-                try:
-                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                        logits = m.module(x)
-                except torch.OutOfMemoryError:
-                    raise MambaBenchError(f"out of memory running {m.name} at --batch-size {batch_size}; "
-                                          "pass a smaller one (finished cells are kept)") from None
-                acc[m.name].append({k: v.cpu() for k, v in per_image(logits, y).items()})
-            if on_batch is not None:
-                on_batch(len(idxs))
-            if start + len(idxs) == n:  # the cell's last batch
-                yield j, {name: {k: torch.cat([b[k] for b in parts]).numpy() for k in parts[0]}
-                          for name, parts in acc.items()}
-                acc = {m.name: [] for m in models}
+        for j, mine in plan:
+            acc: dict[str, list[dict[str, torch.Tensor]]] = {m.name: [] for m in models}
+            positions: list[int] = []
+            for _ in mine:
+                idxs, batch = next(stream)
+                start = idxs[0] - j * n
+                y = labels[start:start + len(idxs)].to(device)
+                for m in models:
+                    x = to_model_input(batch, m.spec, device)
+                    try:
+                        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                            logits = m.module(x)
+                    except torch.OutOfMemoryError:
+                        raise MambaBenchError(f"out of memory running {m.name} at --batch-size {batch_size}; "
+                                              "pass a smaller one (finished cells are kept)") from None
+                    acc[m.name].append({k: v.cpu() for k, v in per_image(logits, y).items()})
+                positions += range(start, start + len(idxs))
+                if on_batch is not None:
+                    on_batch(len(idxs))
+            yield j, np.asarray(positions, np.int64), {
+                name: {k: torch.cat([b[k] for b in parts]).numpy() for k in parts[0]} if parts else {}
+                for name, parts in acc.items()}
 
 
 def _progress(enabled: bool):
@@ -246,6 +259,14 @@ def run_corrupt(cfg: CorruptConfig) -> RunResult:
     if workers < 0:
         raise MambaBenchError("--workers must be 0 or more")
     device = resolve_device(cfg.device)
+    dist, device = init_distributed(device)
+    try:
+        return _run_corrupt(cfg, workers, device, dist, t_start)
+    finally:
+        dist.close()
+
+
+def _run_corrupt(cfg: CorruptConfig, workers: int, device: torch.device, dist: Dist, t_start: float) -> RunResult:
     suite: Suite = load_suite(cfg.suite)
     chosen = suite.select(cfg.corruptions)
     cells: list[tuple[Corruption | None, int]] = [(None, 0)]
@@ -269,14 +290,25 @@ def run_corrupt(cfg: CorruptConfig) -> RunResult:
         "baseline": cfg.baseline, "save_predictions": cfg.save_predictions,
     }
     store = RunStore(cfg.out)
-    manifest = store.begin(result_config, fingerprint(result_config), cfg.seed, str(device))
+    error = None
+    if dist.main:
+        try:
+            manifest = store.begin(result_config, fingerprint(result_config), cfg.seed, str(device))
+        except MambaBenchError as exc:
+            error = str(exc)
+    error = dist.broadcast(error)  # every rank stops on rank 0's bad input (and waits for the manifest)
+    if error is not None:
+        raise MambaBenchError(error)
+    if not dist.main:
+        manifest = store.manifest = json.loads(store.manifest_path.read_text())
 
     images, keep, skipped = _load_clean(ds, workers)
     ids = [ds.samples[i].image_id for i in keep]
     labels = torch.tensor([ds.samples[i].label for i in keep], dtype=torch.long)
-    store.update_manifest(
+    update = store.update_manifest if dist.main else (lambda **_: None)
+    update(
         execution={"batch_size": cfg.batch_size, "workers": workers, "device": str(device),
-                   "amp": device.type == "cuda"},
+                   "amp": device.type == "cuda", "processes": dist.world},
         data={"name": ds.name, "root": ds.root, "layout": ds.layout, "images": len(ds), "usable": len(keep),
               "num_classes": ds.num_classes, "image_size": ds.image_size, "notes": ds.notes},
         skipped=skipped,
@@ -296,12 +328,33 @@ def run_corrupt(cfg: CorruptConfig) -> RunResult:
 
     n = len(ids)
     t_cells = time.perf_counter()
-    with _progress(cfg.progress) as bar:
-        task = bar.add_task(f"{len(pending)}/{len(cells)} cells × {len(models)} models", total=len(pending) * n)
-        for j, per_model in iterate_cells(images, ids, labels, cells, pending, models, seed=cfg.seed,
-                                          batch_size=cfg.batch_size, workers=workers, device=device,
-                                          on_batch=lambda k: bar.advance(task, k)):
+    key = [store.cell_key(c.name if c else "clean", s) for c, s in cells]
+    mine = pending if not dist.active else [
+        j for j in pending if not shard_path(store.parts, key[j], dist.rank, dist.world).exists()]
+    with _progress(cfg.progress and dist.main) as bar:
+        task = bar.add_task(f"{len(pending)}/{len(cells)} cells × {len(models)} models"
+                            + (f", {dist.world} processes" if dist.active else ""),
+                            total=len(mine) * n // dist.world)
+        for j, positions, per_model in iterate_cells(
+                images, ids, labels, cells, mine, models, seed=cfg.seed, batch_size=cfg.batch_size,
+                workers=workers, device=device, on_batch=lambda k: bar.advance(task, k),
+                shard=(dist.rank, dist.world)):
+            if dist.active:
+                write_shard(shard_path(store.parts, key[j], dist.rank, dist.world), positions, per_model)
+                _test_crash_hook(dist.rank)
+            else:
+                _commit_cell(store, cells[j], models, per_model, ids, labels, ds.name, cfg.save_predictions)
+    computed = dist.gather(len(mine))  # also the barrier after every rank's shards
+    if dist.active:
+        if not dist.main:
+            dist.barrier()  # rank 0 merges and writes the tables
+            return _read_result(store)
+        for j in pending:
+            shards = [shard_path(store.parts, key[j], r, dist.world) for r in range(dist.world)]
+            per_model = merge_shards(shards, n, [m.name for m in models])
             _commit_cell(store, cells[j], models, per_model, ids, labels, ds.name, cfg.save_predictions)
+            for f in shards:
+                f.unlink()
     seconds = time.perf_counter() - t_cells
 
     keys = [store.cell_key(c.name if c else "clean", s) for c, s in cells]
@@ -316,11 +369,20 @@ def run_corrupt(cfg: CorruptConfig) -> RunResult:
 
     plots = write_corruption_plots(metrics, store.root, [m.name for m in models])
     sess = manifest["sessions"][-1]
+    if dist.active:
+        sess["shards_computed_per_rank"] = computed
     sess.update({"cells_run": len(pending), "images_per_second": (len(pending) * n / seconds) if pending else None,
                  "seconds_cells": round(seconds, 3), "seconds_total": round(time.perf_counter() - t_start, 3)})
     store.finish(tables=["metrics.parquet", "summary.parquet"] + (["predictions.parquet"] if cfg.save_predictions
                  else []), plots=[p.name for p in plots], config_cli=asdict(cfg) | {"progress": None})
+    dist.barrier()
     return RunResult(store.root, metrics, summary, store.manifest)
+
+
+def _read_result(store: RunStore) -> RunResult:
+    """What a non-zero rank returns: the tables rank 0 wrote."""
+    return RunResult(store.root, pd.read_parquet(store.root / "metrics.parquet"),
+                     pd.read_parquet(store.root / "summary.parquet"), json.loads(store.manifest_path.read_text()))
 
 
 def _commit_cell(store: RunStore, cell: tuple[Corruption | None, int], models: list[LoadedModel],
@@ -343,3 +405,18 @@ def _commit_cell(store: RunStore, cell: tuple[Corruption | None, int], models: l
     metrics["top1_drop"] = np.nan
     store.write_cell(cname, severity, conform(metrics, METRICS_SCHEMA),
                      conform(pd.concat(preds, ignore_index=True), PREDICTIONS_SCHEMA) if save_predictions else None)
+
+
+_shards_written = 0
+
+
+def _test_crash_hook(rank: int) -> None:
+    """MAMBA_BENCH_TEST_DIE_AFTER=RANK:N makes that rank die after N shard files (the resume test)."""
+    global _shards_written
+    spec = os.environ.get("MAMBA_BENCH_TEST_DIE_AFTER")
+    if not spec:
+        return
+    who, count = (int(v) for v in spec.split(":"))
+    _shards_written += 1
+    if who == rank and _shards_written >= count:
+        os._exit(17)

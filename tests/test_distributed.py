@@ -1,0 +1,57 @@
+"""torchrun sharded evaluation: 2 processes (gloo, CPU) give the tables of 1 process; a dead rank resumes."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pandas as pd
+
+from tests.conftest import ROOT, run_cli
+
+ARGS = ["corrupt", "--model", "convnext-nano", "--random-init", "--data", "digits", "--per-class", "5",
+        "--corruptions", "gaussian_blur,invert,salt", "--severities", "1,3", "--save-predictions", "--batch-size", "8",
+        "--workers", "0", "--no-progress", "--device", "cpu"]
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(out, env=None):
+    full = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                           "--master-addr", "127.0.0.1", "--master-port", str(_port()), "-m", "mamba_bench", *ARGS,
+                           "--out", str(out)], capture_output=True, text=True, timeout=600, env=full, cwd=ROOT)
+
+
+def test_two_processes_match_one_and_a_dead_rank_resumes(tmp_path):
+    one = run_cli(*ARGS, "--out", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr
+    two = _torchrun(tmp_path / "two")
+    assert two.returncode == 0, two.stderr[-3000:]
+    for table in ("metrics", "summary", "predictions"):
+        a = pd.read_parquet(tmp_path / "one" / f"{table}.parquet")
+        b = pd.read_parquet(tmp_path / "two" / f"{table}.parquet")
+        pd.testing.assert_frame_equal(a, b, check_exact=True)
+    man = json.loads((tmp_path / "two" / "manifest.json").read_text())
+    assert man["status"] == "complete" and man["execution"]["processes"] == 2
+    assert not list((tmp_path / "two" / "parts").glob("shard-*"))  # merged shards are cleaned up
+    # rank 1 dies after its second shard: the run fails, rank 1's finished shards stay on disk
+    dead = _torchrun(tmp_path / "dead", env={"MAMBA_BENCH_TEST_DIE_AFTER": "1:2"})
+    assert dead.returncode != 0
+    kept = sorted((tmp_path / "dead" / "parts").glob("shard-*-r1of2.npz"))
+    assert len(kept) == 2
+    stamps = {p.name: p.stat().st_mtime_ns for p in kept}
+    again = _torchrun(tmp_path / "dead")
+    assert again.returncode == 0, again.stderr[-3000:]
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "one" / "metrics.parquet"),
+                                  pd.read_parquet(tmp_path / "dead" / "metrics.parquet"), check_exact=True)
+    assert json.loads((tmp_path / "dead" / "manifest.json").read_text())["status"] == "complete"
+    # only the missing shards were computed: rank 1 did the 6 cells' shards minus the 2 it had written
+    session = json.loads((tmp_path / "dead" / "manifest.json").read_text())["sessions"][-1]
+    assert session["shards_computed_per_rank"][1] == 6 - 2
+    assert stamps and not list((tmp_path / "dead" / "parts").glob("shard-*"))
