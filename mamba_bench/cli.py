@@ -242,6 +242,37 @@ def bench_corrupt(
         f"  ratio end-to-end / model-only: {p['ratio']:.3f}")
 
 
+@bench_app.command("pipeline")
+def bench_pipeline(
+    model: Annotated[list[str] | None, typer.Option("--model", "-m", help="Models (default vmamba-t, swin-t, "
+                                                    "convnext-t).")] = None,
+    images: Annotated[int, typer.Option(help="Images per cell.")] = 32,
+    batch_size: Annotated[int, typer.Option()] = 16,
+    workers: Annotated[int | None, typer.Option()] = None,
+    device: DeviceOpt = "auto",
+    out: Annotated[Path, typer.Option(help="Where bench_corrupt.json goes.")] = Path("runs/bench"),
+) -> None:
+    """End-to-end images/s of a 3-model run vs the models alone, and where the time goes."""
+    from mamba_bench.eval.bench import bench_corrupt as run
+
+    res = run(models=model or ["vmamba-t", "swin-t", "convnext-t"], images=images, severity=3, repeats=1,
+              batch_size=batch_size, workers=workers, device=device, out=out)
+    p = res["pipeline"]
+    corrupt_ms = sum(res["ms_per_image"].values()) / len(res["ms_per_image"])
+    model_ms = 1000.0 / p["model_only_combined_ips"]
+    out_console.print(
+        f"pipeline on {p.get('device', device)}: {', '.join(p['models'])}; {p['cells']} cells × {p['images']} images, "
+        f"batch {batch_size}, {p['workers']} corruption workers\n"
+        f"  model-only img/s: " + ", ".join(f"{k} {v:.1f}" for k, v in p["model_only_ips"].items()) +
+        f"\n  all models, model-only: {p['model_only_combined_ips']:.2f} img/s; end-to-end: "
+        f"{p['end_to_end_ips']:.2f} img/s; ratio {p['ratio']:.3f}\n"
+        f"  where the time goes, per image: corrupting {corrupt_ms:.2f} ms on one core (mean over the suite) "
+        f"vs {model_ms:.2f} ms for all models")
+    full = 15 * 1000 * (1 + 18 * 5 + 2)  # the report's study: 15 images × 1000 classes × 93 cells
+    out_console.print(f"  projected wall time of the report's full study ({full:,} images through every model "
+                      f"at this end-to-end rate): {full / p['end_to_end_ips'] / 3600:.1f} h")
+
+
 @bench_app.command("scan")
 def bench_scan_cmd(
     backend: Annotated[list[str] | None, typer.Option(help="Backends to time (default: auto's CPU pick and ref).")]

@@ -82,11 +82,14 @@ def bench_corrupt(*, models: list[str], images: int = 16, severity: int = 3, rep
             torch.cuda.synchronize()
 
     model_only = {}
+    amp = dev.type == "cuda"
     with torch.inference_mode():
         for m in loaded:
-            m.module(to_model_input(clean[:batch_size], m.spec, dev))  # warm-up
+            for _ in range(2):  # warm-up in the timed precision (kernel selection, autotuning)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                    m.module(to_model_input(clean[:batch_size], m.spec, dev))
             best = float("inf")
-            for _ in range(repeats):
+            for _ in range(max(3, repeats)):
                 sync()
                 t = time.perf_counter()
                 for a in range(0, len(clean), batch_size):
