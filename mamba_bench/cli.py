@@ -565,6 +565,8 @@ def compare(
     fmt: FormatOpt = "table",
 ) -> None:
     """Exit 0: no regression; 1: a regression (drop > --max-drop and significant); 2: bad input."""
+    import pandas as pd
+
     from mamba_bench.report.compare import compare as run_compare
     from mamba_bench.report.compare import to_json, to_markdown
     from mamba_bench.report.runs import load_side
@@ -582,7 +584,7 @@ def compare(
         for col in ("model", "corruption", "sev", "top-1 base", "top-1 cand", "Δ", "p", "verdict"):
             table.add_column(col, justify="right")
         for r in c.rows.itertuples():
-            p = "—" if r.p_value is None or r.p_value != r.p_value else f"{r.p_value:.3g}"
+            p = "—" if pd.isna(r.p_value) else f"{r.p_value:.3g}"
             table.add_row(r.model, r.corruption, str(r.severity), f"{r.top1_base:.2f}", f"{r.top1_cand:.2f}",
                           f"{r.d_top1:+.2f}", p, r.verdict)
         out_console.print(table)

@@ -70,6 +70,8 @@ def test_compare_rerun_planted_regression_and_noise(run_dir, tmp_path, cli):
         (d / "predictions.parquet").unlink()
     r = cli("compare", str(run_dir), str(small), "--format", "json")
     assert r.returncode == 1 and json.loads(r.stdout)["regressions"] == 1
+    r = cli("compare", str(run_dir), str(small))  # the rich table, with no p-values to show
+    assert r.returncode == 1 and "regression" in r.stdout and "Traceback" not in r.stderr, r.stderr
 
 
 def test_one_sided_rows_seeds_and_bad_input(run_dir, tmp_path, cli):
