@@ -23,14 +23,14 @@ TINY = DGTrainConfig(dataset="rotated-digits", algorithm="erm", test_domain="75d
                      steps=6, batch_size=4, image_size=32, eval_every=2, augment="none")
 
 
-def _pacs(root: Path, classes=("dog", "horse"), per=5, domains=PACS) -> Path:
+def _pacs(root: Path, classes=("dog", "horse"), per=5, domains=PACS, folder="PACS") -> Path:
     rng = np.random.default_rng(0)
     for d in domains:
         for c in classes:
-            (root / "PACS" / d / c).mkdir(parents=True, exist_ok=True)
+            (root / folder / d / c).mkdir(parents=True, exist_ok=True)
             for i in range(per):
                 img = Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8))
-                img.save(root / "PACS" / d / c / f"{i}.png")
+                img.save(root / folder / d / c / f"{i}.png")
     return root
 
 
@@ -48,8 +48,9 @@ def test_domainbed_layout_splits_and_labels(tmp_path):
 
 @pytest.mark.parametrize("damage, message", [
     (lambda r: (r / "PACS" / "sketch" / "dog").rename(r / "PACS" / "sketch" / "cat"), "class folders differ"),
-    (lambda r: (r / "PACS" / "extra").mkdir(), "unexpected entries among the domains: extra"),
-    (lambda r: (r / "PACS" / "notes.txt").write_text("x"), "unexpected entries among the domains: notes.txt"),
+    (lambda r: (r / "PACS" / "extra").mkdir(), "unexpected folders among the domains: extra"),
+    (lambda r: ((r / "PACS" / "cartoon").rename(r / "c"), (r / "PACS" / "cartoon").write_text("x")),
+     "missing domain folder(s) cartoon"),  # a file named like a domain is not the domain
     (lambda r: (r / "PACS" / "photo" / "readme.txt").write_text("x"), "files among the class folders"),
     (lambda r: __import__("shutil").rmtree(r / "PACS" / "cartoon"), "missing domain folder(s) cartoon"),
 ])
@@ -58,6 +59,21 @@ def test_domainbed_bad_layouts_are_named(tmp_path, damage, message):
     damage(root)
     with pytest.raises(DataLayoutError, match=message.replace("(", r"\(").replace(")", r"\)")):
         open_dg_dataset("pacs", root)
+
+
+def test_plain_files_beside_the_domains_are_ignored(tmp_path):
+    """A real OfficeHome folder holds ImageInfo.csv and imagelist.txt next to its domain folders."""
+    domains = ("Art", "Clipart", "Product", "Real World")
+    root = _pacs(tmp_path, classes=("Alarm_Clock", "Bike"), per=2, domains=domains, folder="office_home")
+    for name in ("ImageInfo.csv", "imagelist.txt", ".DS_Store"):
+        (root / "office_home" / name).write_text("x")
+    (root / "office_home" / ".cache").mkdir()  # hidden folders are not domains either
+    ds = open_dg_dataset("office-home", root)
+    assert ds.domain_names == list(domains) and ds.classes == ["Alarm_Clock", "Bike"]
+    assert [len(d) for d in ds.domains] == [4, 4, 4, 4]
+    (root / "office_home" / "Extra").mkdir()  # a stray folder still is an error
+    with pytest.raises(DataLayoutError, match="unexpected folders among the domains: Extra"):
+        open_dg_dataset("office-home", root)
 
 
 def test_rotated_digits_domains_are_disjoint_rotations():
@@ -259,7 +275,7 @@ def test_dg_train_bad_layout_and_eval_of_a_non_run(tmp_path, cli):
     root = _pacs(tmp_path / "data")
     (root / "PACS" / "stray").mkdir()
     r = cli("dg-train", "--dataset", "pacs", "--data-root", str(root), "--out", str(tmp_path / "o"))
-    assert r.returncode == 2 and "unexpected entries among the domains: stray" in r.stderr
+    assert r.returncode == 2 and "unexpected folders among the domains: stray" in r.stderr
     r = cli("dg-eval", str(tmp_path))
     assert r.returncode == 2 and "not a dg-train run" in r.stderr
 

@@ -4,8 +4,9 @@ A DG data set is a list of domains that share one set of classes. DomainBed read
 ``<data-root>/<DIR>/<domain>/<class>/<image>`` and indexes domains and classes by the *sorted*
 folder names it finds, so a stray folder among the domains silently shifts every domain index and
 a class folder missing in one domain shifts its labels. Here the expected domains are fixed per
-data set, and anything else among them, or class folders that differ between domains, is an
-error that names the offending entries.
+data set, and any other folder among them, or class folders that differ between domains, is an
+error that names the offending entries. Plain files beside the domain folders (OfficeHome ships
+``ImageInfo.csv`` and ``imagelist.txt`` there) and hidden entries are not domains and are ignored.
 
 Every domain is split into ``in`` (80 %) and ``out`` (20 %) with a seeded permutation that depends
 on the trial seed and the domain index (DomainBed's ``holdout_fraction`` 0.2 and
@@ -108,14 +109,16 @@ def _scan_domainbed(name: str, data_root: Path) -> DGDataset:
         if alt is None or not alt.is_dir():
             raise DataLayoutError(f"{root} does not exist: --data-root must hold the DomainBed folder {folder}/")
         root = alt
-    entries = sorted(e.name for e in os.scandir(root) if not _ignored(e.name))
-    missing = [d for d in expected if d not in entries]
+    # Only folders are domains: real downloads keep files beside them (OfficeHome's ImageInfo.csv
+    # and imagelist.txt), and DomainBed lists sub-directories only, so plain files are ignored.
+    folders = sorted(e.name for e in os.scandir(root) if not _ignored(e.name) and e.is_dir())
+    missing = [d for d in expected if d not in folders]
     if missing:
         raise DataLayoutError(f"{root}: missing domain folder(s) {', '.join(missing)} "
                               f"(expected {', '.join(expected)})")
-    stray = [e for e in entries if e not in expected]
+    stray = [e for e in folders if e not in expected]
     if stray:
-        raise DataLayoutError(f"{root}: unexpected entries among the domains: {', '.join(stray[:5])}"
+        raise DataLayoutError(f"{root}: unexpected folders among the domains: {', '.join(stray[:5])}"
                               + (f" and {len(stray) - 5} more" if len(stray) > 5 else "")
                               + " (DomainBed would silently count them as domains; move them away)")
     class_sets = {}
