@@ -224,6 +224,24 @@ def test_selection_methods():
     assert select_step(ev, "t", "last") == 3
 
 
+def _headline_rows(cells):
+    return pd.DataFrame([{"dataset": "d", "algorithm": algo, "test_domain": dom, "seed": seed,
+                          "selection": "training-domain", "step": 1, "eval_domain": dom, "split": "in",
+                          "is_test": True, "accuracy": acc, "n": 10} for algo, dom, seed, acc in cells])
+
+
+def test_summary_avg_counts_only_seeds_complete_for_every_domain():
+    df = _headline_rows([("erm", "A", 0, 80.0), ("erm", "B", 0, 60.0),  # seed 0: both domains, mean 70
+                         ("erm", "A", 1, 90.0),                          # seed 1: B not finished yet
+                         ("dsu", "A", 0, 50.0)])                         # no complete seed at all
+    header, body = summary_table(df)
+    assert header == ["algorithm", "A", "B", "Avg"]
+    rows = {r[0]: r for r in body}
+    assert rows["erm"][1] == "85.00 ± 5.00" and rows["erm"][2] == "60.00"
+    assert rows["erm"][3] == "70.00"  # seed 1 (A only) would pull it to 80.00 ± 10.00
+    assert rows["dsu"][1:] == ["50.00", "—", "—"]
+
+
 def test_mmd_detects_a_shift():
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(80, 5, generator=g), torch.randn(80, 5, generator=g)

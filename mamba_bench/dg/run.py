@@ -110,7 +110,12 @@ def headline(df: pd.DataFrame, selection: str = "training-domain") -> pd.DataFra
 
 
 def summary_table(df: pd.DataFrame, selection: str = "training-domain") -> tuple[list[str], list[list[str]]]:
-    """Rows per algorithm: mean ± std over seeds per test domain, and Avg (std of the per-seed averages)."""
+    """Rows per algorithm: mean ± std over seeds per test domain, and Avg (std of the per-seed averages).
+
+    Avg averages each seed over every test domain of the table, so only seeds that are complete for
+    all of them count: a seed still missing a domain would average over a different set of domains
+    and bias the mean. An algorithm without a complete seed gets "—".
+    """
     h = headline(df, selection)
     domains = list(dict.fromkeys(h.test_domain))
     header = ["algorithm", *domains, "Avg"]
@@ -121,7 +126,8 @@ def summary_table(df: pd.DataFrame, selection: str = "training-domain") -> tuple
         for d in domains:
             v = a[a.test_domain == d].accuracy
             cells.append(_pm(v) if len(v) else "—")
-        per_seed = a.groupby("seed").accuracy.mean() if set(a.test_domain) == set(domains) else pd.Series(dtype=float)
+        complete = a.groupby("seed").filter(lambda g: set(g.test_domain) == set(domains))
+        per_seed = complete.groupby("seed").accuracy.mean()
         body.append([algo, *cells, _pm(per_seed) if len(per_seed) else "—"])
     return header, body
 
