@@ -1,7 +1,7 @@
 """Domain generalization: DomainBed layouts, splits, algorithms, resumable training, dg-eval, domain gap."""
 
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -219,9 +219,26 @@ def test_selection_methods():
         ev += [{"step": step, "domain": "a", "split": "out", "accuracy": src, "n": 1},
                {"step": step, "domain": "t", "split": "out", "accuracy": tgt_out, "n": 1},
                {"step": step, "domain": "t", "split": "in", "accuracy": tgt_in, "n": 1}]
-    assert select_step(ev, "t", "training-domain") == 2
-    assert select_step(ev, "t", "oracle") == 1
+    assert select_step(ev, "t", "training-domain") == 2  # early stopping on the source domains' out splits
+    # DomainBed's oracle takes the last checkpoint: the test domain's out split (best at step 1
+    # here) must not early-stop the run
+    assert select_step(ev, "t", "oracle") == 3
     assert select_step(ev, "t", "last") == 3
+
+
+def test_oracle_rows_of_dg_results_are_the_last_step(tmp_path):
+    from mamba_bench.dg.run import results_frame
+
+    cell = TINY.cell_dir(tmp_path)
+    cell.mkdir(parents=True)
+    (cell / "config.json").write_text(json.dumps({"config": asdict(TINY), "fingerprint": "x"}))
+    ev = [{"step": s, "domain": d, "split": sp, "accuracy": acc, "n": 1}
+          for s, tgt in ((2, 90.0), (4, 40.0)) for d, sp, acc in
+          (("0deg", "out", 50.0 + s), ("75deg", "out", tgt), ("75deg", "in", tgt + 1))]
+    (cell / "evals.json").write_text(json.dumps({"summary": {}, "evals": ev}))
+    df, _ = results_frame(tmp_path)
+    oracle = df[(df.selection == "oracle") & df.is_test & (df.split == "in")]
+    assert list(oracle.step) == [4] and list(oracle.accuracy) == [41.0]
 
 
 def _headline_rows(cells):

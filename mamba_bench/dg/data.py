@@ -11,8 +11,9 @@ error that names the offending entries. Plain files beside the domain folders (O
 Every domain is split into ``in`` (80 %) and ``out`` (20 %) with a seeded permutation that depends
 on the trial seed and the domain index (DomainBed's ``holdout_fraction`` 0.2 and
 ``seed_hash(trial_seed, env_i)``): training uses the ``in`` split of the training domains, model
-selection the ``out`` splits (training-domain validation) or the test domain's ``out`` split
-(oracle), and the test accuracy is the test domain's ``in`` split, as DomainBed reports it.
+selection the ``out`` splits (training-domain validation, best step) or the test domain's ``out``
+split at the last step (oracle, no early stopping), and the test accuracy is the test domain's
+``in`` split, as DomainBed reports it.
 
 ``rotated-digits`` (embedded, offline): scikit-learn's 1797 real digits at 64 px, shuffled once
 (seed 0) and dealt into six disjoint domains rotated by 0, 15, 30, 45, 60 and 75 degrees, like

@@ -72,16 +72,27 @@ def _cells(run: Path) -> tuple[list[tuple[dict, dict]], list[str]]:
 
 
 def select_step(evals: list[dict], test_domain: str, selection: str) -> int:
+    """The evaluation step whose accuracies a cell reports under ``selection``, as DomainBed's
+    ``model_selection.py`` chooses within one run (one hyper-parameter setting):
+
+    * ``training-domain`` (``IIDAccuracySelectionMethod``): the step with the best mean accuracy on
+      the ``out`` splits of the training domains, i.e. early stopping on source validation data;
+    * ``oracle`` (``OracleSelectionMethod``, test-domain validation): the **last** checkpoint. The
+      test domain's ``out`` split may only choose between hyper-parameter settings, each judged at
+      its final step; early stopping on the test domain is not allowed. A cell has one setting, so
+      its oracle step is its last step; the test-domain ``out`` accuracy there is the oracle's
+      validation score;
+    * ``last``: the last checkpoint.
+    """
     steps = sorted({e["step"] for e in evals})
-    if selection == "last":
+    if selection not in SELECTIONS:
+        raise MambaBenchError(f"unknown selection {selection!r}; valid: {', '.join(SELECTIONS)}")
+    if selection in ("oracle", "last"):
         return steps[-1]
     best, best_step = -1.0, steps[-1]
     for s in steps:
         rows = [e for e in evals if e["step"] == s]
-        if selection == "oracle":
-            score = next(e["accuracy"] for e in rows if e["domain"] == test_domain and e["split"] == "out")
-        else:
-            score = float(np.mean([e["accuracy"] for e in rows if e["domain"] != test_domain and e["split"] == "out"]))
+        score = float(np.mean([e["accuracy"] for e in rows if e["domain"] != test_domain and e["split"] == "out"]))
         if score > best:
             best, best_step = score, s
     return best_step

@@ -191,9 +191,9 @@ def evaluate(model: nn.Module, ds: DGDataset, splits: dict, source: ImageSource,
     return rows
 
 
-def _val_score(rows: list[dict], test_domain: str, selection: str) -> float:
-    if selection == "oracle":
-        return next(r["accuracy"] for r in rows if r["domain"] == test_domain and r["split"] == "out")
+def _val_score(rows: list[dict], test_domain: str) -> float:
+    """Training-domain validation: mean accuracy on the training domains' ``out`` splits (best.pt's rule;
+    the oracle never early-stops, it takes last.pt, see :func:`mamba_bench.dg.run.select_step`)."""
     outs = [r["accuracy"] for r in rows if r["domain"] != test_domain and r["split"] == "out"]
     return float(np.mean(outs))
 
@@ -285,7 +285,7 @@ def train_cell(cfg: DGTrainConfig, ds: DGDataset, out: Path, *, device: torch.de
             for r in rows:
                 r["step"] = step
             evals += rows
-            score = _val_score(rows, cfg.test_domain, "training-domain")
+            score = _val_score(rows, cfg.test_domain)
             seconds = elapsed0 + time.perf_counter() - t0
             if score > best["score"]:
                 best = {"score": score, "step": step}
