@@ -96,3 +96,12 @@ def test_bench_corrupt_reports_every_corruption(cli, tmp_path):
     p = data["pipeline"]
     assert p["cells"] == 20 and 0 < p["ratio"] < 10
     assert p["model_only_combined_ips"] < min(p["model_only_ips"].values())
+
+
+@pytest.mark.parametrize("args", [["bench", "models", "--model", "start-m", "--device", "cpu", "--repeats", "1"],
+                                  ["predict", "--model", "start-x", "x.png"]])
+def test_dg_models_without_a_checkpoint_are_a_clear_error(cli, tmp_path, args):
+    r = cli(*args)
+    assert r.returncode == 2, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert "dg-train" in r.stderr and "best.pt" in r.stderr

@@ -299,6 +299,8 @@ def test_dg_train_and_eval_cli(tmp_path, cli):
     (["--dataset", "rotated-digits", "--seeds", "a"], "--seeds takes integers"),
     (["--dataset", "rotated-digits", "--hparam", "start_ratio"], "KEY=VALUE"),
     (["--dataset", "rotated-digits", "--steps", "0"], "--steps must be positive"),
+    (["--dataset", "rotated-digits", "--init", "start-m"], "--init start-m is a dg-train result"),
+    (["--dataset", "rotated-digits", "--init", "start-x", "--weights", "x.pt"], "--init start-x is a dg-train result"),
 ])
 def test_dg_train_bad_input(tmp_path, cli, args, message):
     r = cli("dg-train", *args, "--out", str(tmp_path / "o"))

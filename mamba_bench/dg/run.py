@@ -26,6 +26,11 @@ def dg_train(*, dataset: str, data_root: str | None, algorithms: list[str], test
              cache_dir: str | None = None, on_cell=None, on_eval=None) -> list[dict]:
     for a in algorithms:
         get_algorithm(a)  # every name checked before any work
+    from mamba_bench.models.registry import get_spec
+
+    if get_spec(base.init).family == "dg":
+        raise MambaBenchError(f"--init {base.init} is a dg-train result, not an architecture to start from: "
+                              f"use --init vmamba-nano (or another registry model) with --algorithm {base.init}")
     ds = open_dg_dataset(dataset, data_root)
     domains = test_domains or ds.domain_names
     for d in domains:

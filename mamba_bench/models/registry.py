@@ -171,12 +171,21 @@ _register_vmamba()
 
 # Models trained by `dg-train`: the architecture, classes and input size come from the checkpoint.
 DG_KIND = "mamba-bench dg-train checkpoint"
-def _from_checkpoint_only(num_classes: int) -> nn.Module:
-    raise RuntimeError("a dg-train model is built from its checkpoint (spec_for_weights)")
+
+
+def _from_checkpoint_only(name: str) -> Callable[[int], nn.Module]:
+    def build(num_classes: int) -> nn.Module:
+        from mamba_bench.errors import CheckpointError
+
+        raise CheckpointError(f"{name} has no architecture of its own: it is a model trained by dg-train, built "
+                              f"from its checkpoint (--model {name} --weights RUN/{name}/<test domain>/seed<k>/"
+                              "best.pt); to train or time one, use its architecture (e.g. vmamba-t)")
+
+    return build
 
 
 for _name, _what in (("start-m", "START-M"), ("start-x", "START-X")):
-    register(ModelSpec(_name, _from_checkpoint_only,
+    register(ModelSpec(_name, _from_checkpoint_only(_name),
                        f"VMamba trained with {_what} by dg-train (pass --weights RUN/.../best.pt)", "dg"))
 
 
