@@ -299,6 +299,11 @@ def test_dg_train_and_eval_cli(tmp_path, cli):
     (["--dataset", "rotated-digits", "--seeds", "a"], "--seeds takes integers"),
     (["--dataset", "rotated-digits", "--hparam", "start_ratio"], "KEY=VALUE"),
     (["--dataset", "rotated-digits", "--steps", "0"], "--steps must be positive"),
+    (["--dataset", "rotated-digits", "--algorithm", "start-m", "--hparam", "start_rate=0.3"],
+     "--hparam 'start_rate' is not a hyper-parameter of start-m; valid keys: alpha, start_p, start_ratio, "
+     "start_stages"),
+    (["--dataset", "rotated-digits", "--algorithm", "erm", "--hparam", "p=0.3"],
+     "--hparam 'p' is not a hyper-parameter of erm; they take none"),
     (["--dataset", "rotated-digits", "--init", "start-m"], "--init start-m is a dg-train result"),
     (["--dataset", "rotated-digits", "--init", "start-x", "--weights", "x.pt"], "--init start-x is a dg-train result"),
 ])
@@ -306,6 +311,15 @@ def test_dg_train_bad_input(tmp_path, cli, args, message):
     r = cli("dg-train", *args, "--out", str(tmp_path / "o"))
     assert r.returncode == 2
     assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_hparam_keys_of_any_chosen_algorithm_are_accepted():
+    from mamba_bench.dg.run import check_hparams
+    from mamba_bench.errors import MambaBenchError
+
+    check_hparams({"start_ratio": 0.3, "p": 0.2}, ["erm", "start-x", "mixstyle"])  # each key known to one
+    with pytest.raises(MambaBenchError, match="'mix_stages' is not a hyper-parameter of erm, start-x"):
+        check_hparams({"start_ratio": 0.3, "mix_stages": [0]}, ["erm", "start-x"])
 
 
 def test_dg_train_bad_layout_and_eval_of_a_non_run(tmp_path, cli):

@@ -26,6 +26,7 @@ def dg_train(*, dataset: str, data_root: str | None, algorithms: list[str], test
              cache_dir: str | None = None, on_cell=None, on_eval=None) -> list[dict]:
     for a in algorithms:
         get_algorithm(a)  # every name checked before any work
+    check_hparams(base.hparams, algorithms)
     from mamba_bench.models.registry import get_spec
 
     if get_spec(base.init).family == "dg":
@@ -55,6 +56,19 @@ def dg_train(*, dataset: str, data_root: str | None, algorithms: list[str], test
                 results.append(train_cell(cfg, ds, out, device=device, threads=threads, cache_dir=cache_dir,
                                           on_eval=on_eval))
     return results
+
+
+def check_hparams(hparams: dict, algorithms: list[str]) -> None:
+    """Every ``--hparam`` key must be a hyper-parameter of at least one of ``algorithms``.
+
+    Each cell merges the keys into its algorithm's defaults, where a misspelt key (or one that no
+    chosen algorithm has) would otherwise be silently ignored.
+    """
+    valid = sorted({k for a in algorithms for k in get_algorithm(a).defaults})
+    unknown = [k for k in hparams if k not in valid]
+    if unknown:
+        raise MambaBenchError(f"--hparam {unknown[0]!r} is not a hyper-parameter of {', '.join(algorithms)}; "
+                              + (f"valid keys: {', '.join(valid)}" if valid else "they take none"))
 
 
 def _cells(run: Path) -> tuple[list[tuple[dict, dict]], list[str]]:
