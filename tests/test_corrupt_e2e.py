@@ -227,3 +227,18 @@ def test_trained_checkpoint_via_weights(tmp_path):
     swapped = run_cli("corrupt", "--data", "digits", "--per-class", "1", "--model", "convnext-nano", "--weights",
                       str(b), "--corruptions", "invert", "--out", str(tmp_path / "o2"))
     assert swapped.returncode == 2 and "does not fit convnext-nano" in swapped.stderr
+
+
+def test_atomic_write_bytes_leaves_the_old_file_whole(tmp_path, monkeypatch):
+    from mamba_bench.results import store
+
+    path = tmp_path / "state.pt"
+    store.atomic_write_bytes(path, b"old")
+
+    def fail(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store.os, "fsync", fail)  # the new bytes are written, then the write fails
+    with pytest.raises(OSError, match="disk full"):
+        store.atomic_write_bytes(path, b"new and longer")
+    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["state.pt"]

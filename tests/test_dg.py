@@ -189,6 +189,54 @@ def test_train_cell_resume_is_exact(tmp_path):
         train_cell(replace(cfg, lr=1e-3), ds, tmp_path / "a", device=torch.device("cpu"))
 
 
+def _crash_writing(monkeypatch, name: str):
+    """safetensors' save_file writes half of ``name`` (its temporary file) and then dies."""
+    import safetensors.torch
+
+    real = safetensors.torch.save_file
+
+    def save_file(state, filename, metadata=None):
+        if Path(filename).name.startswith(name):
+            Path(filename).write_bytes(b"partial")
+            raise OSError("disk full")
+        return real(state, filename, metadata=metadata)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+
+
+def test_save_checkpoint_is_atomic(tmp_path, monkeypatch):
+    from mamba_bench.models.weights import checkpoint_metadata, save_checkpoint
+
+    model = torch.nn.Linear(2, 2)
+    path = save_checkpoint(model, tmp_path / "best.pt", {"step": "1"})
+    before = path.read_bytes()
+    _crash_writing(monkeypatch, "best.pt")
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(torch.nn.Linear(2, 2), path, {"step": "2"})
+    assert path.read_bytes() == before and checkpoint_metadata(path)["step"] == "1"  # the old file, whole
+    assert [p.name for p in tmp_path.iterdir()] == ["best.pt"]  # no partial temporary file left
+
+
+def test_crash_between_state_and_best_is_repaired_on_resume(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from mamba_bench.models.weights import checkpoint_metadata
+
+    ds = rotated_digits()
+    cfg = replace(TINY, steps=2)
+    cell = cfg.cell_dir(tmp_path)
+    with monkeypatch.context() as m:
+        _crash_writing(m, "best.pt")
+        with pytest.raises(OSError, match="disk full"):
+            train_cell(cfg, ds, tmp_path, device=torch.device("cpu"))
+    # state.pt is written first, best.pt after it: the crash left the state and no (partial) best.pt
+    assert sorted(p.name for p in cell.iterdir()) == ["config.json", "state.pt"]
+    res = train_cell(cfg, ds, tmp_path, device=torch.device("cpu"))
+    assert res["best_step"] == 2 and checkpoint_metadata(cell / "best.pt")["step"] == "2"
+    best, last = load_file(cell / "best.pt"), load_file(cell / "last.pt")
+    assert best.keys() == last.keys() and all(torch.equal(best[k], last[k]) for k in best)
+
+
 def test_checkpoint_carries_its_config_and_loads_as_start_model(tmp_path):
     ds = rotated_digits()
     cfg = replace(TINY, algorithm="start-x", steps=2)

@@ -13,9 +13,11 @@ domain, and keeps:
         last.pt       weights after the last step (same format)
         evals.json    every evaluation (step, domain, split, accuracy, n)
 
-``state.pt`` is written atomically at every evaluation; killing a run and running the same
-command again resumes from the last evaluation with the same random streams. A cell whose
-``last.pt`` exists is complete and skipped.
+Every file is written atomically (temporary file, then ``os.replace``). ``state.pt`` is written at
+every evaluation, then ``best.pt`` when that evaluation is the best so far; killing a run and
+running the same command again resumes from the last evaluation with the same random streams (and
+rewrites ``best.pt`` if the run stopped between the two). A cell whose ``last.pt`` exists is
+complete and skipped.
 
 Recipe defaults (VMamba DG literature, DGMamba/START): AdamW, lr 3e-4, weight decay 0.05,
 linear warm-up over the first 10 % of steps then cosine to 0, label smoothing 0.1, augmentation
@@ -198,6 +200,15 @@ def _val_score(rows: list[dict], test_domain: str) -> float:
     return float(np.mean(outs))
 
 
+def _checkpoint_step(path: Path) -> int | None:
+    from mamba_bench.models.weights import checkpoint_metadata
+
+    try:
+        return int(checkpoint_metadata(path).get("step", ""))
+    except (OSError, ValueError, MambaBenchError):  # missing, unreadable or damaged: not the best step
+        return None
+
+
 def train_cell(cfg: DGTrainConfig, ds: DGDataset, out: Path, *, device: torch.device, threads: int = 8,
                cache_dir: str | None = None, on_eval=None) -> dict:
     """Train (or resume, or skip when complete) one cell; returns its summary."""
@@ -251,6 +262,13 @@ def train_cell(cfg: DGTrainConfig, ds: DGDataset, out: Path, *, device: torch.de
             torch.cuda.set_rng_state(st["cuda_rng"])
     else:
         torch.manual_seed(seed_hash(cfg.seed, "train"))
+
+    def save_best() -> None:
+        save_checkpoint(model, cell / "best.pt",
+                        checkpoint_metadata(cfg, ds, split_sizes, step, "training-domain validation", mean, std))
+
+    if step > 0 and best["step"] == step and _checkpoint_step(cell / "best.pt") != step:
+        save_best()  # the run stopped between state.pt and best.pt: the state's weights are the best ones
     t0 = time.perf_counter()
     elapsed0 = float(best.get("seconds", 0.0))
     loss_sum, loss_n = 0.0, 0
@@ -287,11 +305,9 @@ def train_cell(cfg: DGTrainConfig, ds: DGDataset, out: Path, *, device: torch.de
             evals += rows
             score = _val_score(rows, cfg.test_domain)
             seconds = elapsed0 + time.perf_counter() - t0
-            if score > best["score"]:
+            improved = score > best["score"]
+            if improved:
                 best = {"score": score, "step": step}
-                save_checkpoint(model, cell / "best.pt",
-                                checkpoint_metadata(cfg, ds, split_sizes, step, "training-domain validation",
-                                                    mean, std))
             best["seconds"] = seconds
             mean_loss = loss_sum / max(1, loss_n)
             loss_sum, loss_n = 0.0, 0
@@ -305,6 +321,10 @@ def train_cell(cfg: DGTrainConfig, ds: DGDataset, out: Path, *, device: torch.de
             buf = io.BytesIO()
             torch.save(st, buf)
             atomic_write_bytes(state_path, buf.getvalue())
+            # best.pt after state.pt (both atomic): a crash in between leaves a state whose best step
+            # is its own step, and resuming writes best.pt from that state's weights
+            if improved:
+                save_best()
             if on_eval is not None:  # after the state is on disk: an interruption here loses nothing
                 on_eval(cfg, step, mean_loss, rows)
     handle.remove()

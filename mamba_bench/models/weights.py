@@ -239,8 +239,14 @@ def save_checkpoint(model: torch.nn.Module, path: str | os.PathLike, metadata: d
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp), metadata={k: str(v) for k, v in metadata.items()})
-    os.replace(tmp, path)
+    try:
+        save_file(state, str(tmp), metadata={k: str(v) for k, v in metadata.items()})
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)  # the old file stays whole until the new one is complete
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
