@@ -597,6 +597,102 @@ def compare(
 
 
 @app.command()
+def explain(
+    model: Annotated[str, typer.Option("--model", "-m", help="A Mamba model: vmamba-*, start-m, start-x.")],
+    data: Annotated[str, typer.Option(help="ImageNet-style val dir or 'digits' (evaluated images).")],
+    out: Annotated[Path, typer.Option(help="Output directory (refused if it holds a finished run).")],
+    weights: Annotated[str | None, typer.Option(help="Checkpoint PATH or URL (digits + vmamba-nano: the demo's "
+                                                     "digit-trained model).")] = None,
+    per_class: Annotated[int | None, typer.Option(help="Sample K images per class.")] = None,
+    limit: Annotated[int | None, typer.Option(help="At most N images (after --per-class), in image-id order.")] = None,
+    corruption: Annotated[str | None, typer.Option(help="Analyse images under this corruption; images it flips "
+                                                        "from right to wrong get side-by-side maps.")] = None,
+    severity: Annotated[int, typer.Option(help="Severity of --corruption (1-5).")] = 3,
+    masks: Annotated[str | None, typer.Option(help="Foreground masks: MASKS/<image id>.png, nonzero = object "
+                                                   "(digits: the strokes). Needed for ECS's segmentation test.")]
+    = None,
+    blocks: Annotated[list[str] | None, typer.Option(help="Blocks: module names or positions (-1 = last); "
+                                                          "default all (explain) / the last two stages (repair).")]
+    = None,
+    states: Annotated[list[str] | None, typer.Option(help="Mender states: x (in-proj), c (conv), s (scan), "
+                                                          "y (block output); default all.")] = None,
+    difficult_fraction: Annotated[float, typer.Option(help="Share of images, lowest true-class probability "
+                                                           "first, called difficult.")] = 0.5,
+    views: Annotated[int, typer.Option(help="Flipped images shown in flips.png.")] = 8,
+    view_state: Annotated[str, typer.Option(help="State whose map flips.png shows (in the last block).")] = "s",
+    repair: Annotated[bool, typer.Option(help="Fine-tune with Mender's external + internal losses and report "
+                                              "clean / corrupted accuracy before and after.")] = False,
+    train_data: Annotated[str | None, typer.Option(help="repair: training images (digits: the train split).")] = None,
+    arms: Annotated[list[str] | None, typer.Option(help="repair: ce (control), ext, int, all; default all four.")]
+    = None,
+    repair_steps: Annotated[int, typer.Option(help="repair: fine-tuning steps per arm.")] = 150,
+    lr: Annotated[float, typer.Option(help="repair: AdamW learning rate.")] = 1e-4,
+    lambda_ext: Annotated[float, typer.Option(help="repair: weight of the external loss.")] = 1.0,
+    lambda_int: Annotated[float, typer.Option(help="repair: weight of the internal loss.")] = 1.0,
+    corruptions: Annotated[list[str] | None, typer.Option(help="repair: corruptions of the evaluation "
+                                                               "(default all, at --severity).")] = None,
+    labels: Annotated[str | None, typer.Option(help="Label file for a flat layout.")] = None,
+    suite: Annotated[str | None, typer.Option(help="Corruption suite TOML.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Execution knob (default 16 explain, 32 repair).")] = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    workers: Annotated[int | None, typer.Option(help="Corruption worker processes (default: cores - 1).")] = None,
+) -> None:
+    """Vision Mamba Mender: Grad-ESC/ISC state correlations, ECS/ICS per block, and the repair."""
+    if repair:
+        from mamba_bench.analysis.explain import RepairConfig, run_repair
+
+        cfg = RepairConfig(model=model, data=data, out=str(out), weights=weights, train_data=train_data, masks=masks,
+                           labels=labels, per_class=per_class, blocks=_split(blocks) or None,
+                           arms=_split(arms) or ["ce", "ext", "int", "all"], steps=repair_steps, lr=lr,
+                           batch_size=batch_size or 32, lambda_ext=lambda_ext, lambda_int=lambda_int,
+                           corruptions=_split(corruptions) or "all", severity=severity, suite=suite, seed=seed,
+                           device=device, workers=workers)
+        res = run_repair(cfg, on_arm=lambda a: out_console.print(f"fine-tuning arm [bold]{a}[/] "
+                                                                  f"({repair_steps} steps)"))
+        table = Table(title=f"Mender repair of {model} (blocks {', '.join(res['blocks'])}) — {out}")
+        for c in ("arm", "clean top-1", "Δ", "corrupted top-1", "Δ", "ECS", "ICS"):
+            table.add_column(c, justify="right")
+        for r in res["table"].itertuples():
+            table.add_row(r.arm, f"{r.clean_top1:.2f}", f"{r.clean_change:+.2f}", f"{r.corrupted_top1:.2f}",
+                          f"{r.corrupted_change:+.2f}", f"{r.ecs:.3f}", f"{r.ics:.3f}")
+        out_console.print(table)
+        out_console.print(f"repaired checkpoint: {res['checkpoint']}")
+        return
+    from mamba_bench.analysis.explain import ExplainConfig, run_explain
+
+    if train_data is not None or arms:
+        raise MambaBenchError("--train-data and --arms only apply with --repair")
+    cfg = ExplainConfig(model=model, data=data, out=str(out), weights=weights, labels=labels, per_class=per_class,
+                        limit=limit, seed=seed, corruption=corruption, severity=severity, suite=suite, masks=masks,
+                        blocks=_split(blocks) or None, states=_split(states) or ["x", "c", "s", "y"],
+                        difficult_fraction=difficult_fraction, views=views, view_state=view_state,
+                        batch_size=batch_size or 16, device=device, workers=workers)
+    res = run_explain(cfg)
+    scores = res["scores"]
+    table = Table(title=f"{model}: ECS / ICS per block, simple vs difficult — {out}")
+    for c in ("block", "state", "ECS simple", "ECS difficult", "ICS simple", "ICS difficult"):
+        table.add_column(c, justify="left" if c in ("block", "state") else "right")
+    wide = scores[scores.group != "all"].pivot_table(index=["index", "block", "state"], columns="group",
+                                                      values=["ecs", "ics"], sort=False)
+
+    def fmt(v) -> str:
+        return "—" if v != v else f"{v:.3f}"
+
+    for (_, block, state), r in wide.iterrows():
+        table.add_row(block, state, fmt(r.get(("ecs", "simple"), float("nan"))),
+                      fmt(r.get(("ecs", "difficult"), float("nan"))), fmt(r.get(("ics", "simple"), float("nan"))),
+                      fmt(r.get(("ics", "difficult"), float("nan"))))
+    out_console.print(table)
+    if not res["masks"]:
+        out_console.print("no --masks: ECS's segmentation test is undefined (ecs and iou are NaN)")
+    if corruption:
+        out_console.print(f"{len(res['flips'])} images flipped from right to wrong by {corruption}")
+    for p in res["plots"]:
+        out_console.print(f"plot: {p}")
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Run directory of the demo.")] = Path("runs/demo"),
     epochs: Annotated[int | None, typer.Option(help="Training epochs of the digit models (default per model).")]

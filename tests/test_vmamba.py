@@ -100,11 +100,17 @@ def test_capture_internals(nano):
     assert rec.blocks() == ["layers.0.blocks.0", "layers.1.blocks.0", "layers.2.blocks.0", "layers.2.blocks.1",
                             "layers.3.blocks.0"]
     first = rec["layers.0.blocks.0"]
-    assert set(first) == {"x", "conv", "delta", "B", "C", "scan", "out"}
+    assert set(first) == {"in", "x", "conv", "delta", "B", "C", "scan", "ssm", "out"}
     assert first["x"].shape == (2, 32, 16, 16) and first["delta"].shape == (2, 4, 32, 256)
     assert first["B"].shape == first["C"].shape == (2, 4, 1, 256) and first["scan"].shape == (2, 4, 32, 256)
     assert (first["delta"] > 0).all()  # after softplus
     torch.testing.assert_close(first["x"], torch.nn.functional.silu(first["conv"]))
+    op = nano.layers[0].blocks[0].op
+    torch.testing.assert_close(first["conv"], op.conv2d(first["in"]))
+    # "ssm" is the scan output merged back onto the map: out_proj(out_norm(ssm)) is the SS2D output
+    from mamba_bench.ops.cross_scan import cross_merge
+    assert first["ssm"].shape == (2, 32, 16, 16)
+    torch.testing.assert_close(first["ssm"], cross_merge(first["scan"], 16, 16).view(2, 32, 16, 16))
     # after the context, nothing is recorded any more
     with torch.no_grad():
         nano(x)

@@ -92,16 +92,18 @@ class Recorder:
         return list(self.data)
 
 
-INTERNALS = frozenset({"x", "conv", "delta", "B", "C", "scan", "out"})
+INTERNALS = frozenset({"in", "x", "conv", "delta", "B", "C", "scan", "ssm", "out"})
 
 
 @contextmanager
 def capture_internals(model: nn.Module, names=INTERNALS, detach: bool = True) -> Iterator[Recorder]:
     """Record per-block SS2D internals during forward passes inside the ``with`` block.
 
-    Names: ``x`` (SSM input after conv + SiLU, (B, D, H, W)), ``conv`` (depthwise conv output before
-    the activation), ``delta`` (Δ after bias + softplus, (B, 4, D, L)), ``B``/``C`` ((B, 4, N, L)),
-    ``scan`` (selective-scan output per direction, (B, 4, D, L)), ``out`` (block output). Keys of the
+    Names: ``in`` (in-projection output, (B, D, H, W)), ``x`` (SSM input after conv + SiLU,
+    (B, D, H, W)), ``conv`` (depthwise conv output before the activation), ``delta`` (Δ after bias +
+    softplus, (B, 4, D, L)), ``B``/``C`` ((B, 4, N, L)),
+    ``scan`` (selective-scan output per direction, (B, 4, D, L)), ``ssm`` (the four directions merged
+    back onto the map, before the out-norm, (B, D, H, W)), ``out`` (block output). Keys of the
     recorder are the blocks' module names (``layers.0.blocks.1``). Only the model passed in is
     touched, and nothing is recorded (or computed) outside the context.
     """
@@ -157,6 +159,8 @@ class SS2D(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rec = self._recorder
         x = self.in_proj(x)
+        if rec is not None:
+            rec.put(self._record_name, "in", x)
         x = self.conv2d(x)
         if rec is not None:
             rec.put(self._record_name, "conv", x)
@@ -190,6 +194,8 @@ class SS2D(nn.Module):
         if rec is not None:
             rec.put(self._record_name, "scan", ys)
         y = cross_merge(ys, h, w).view(b, d, h, w)
+        if rec is not None:
+            rec.put(self._record_name, "ssm", y)
         y = self.out_norm(y).to(x.dtype)
         return self.out_proj(y)
 

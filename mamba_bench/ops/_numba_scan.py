@@ -302,7 +302,8 @@ class _NumbaScan(torch.autograd.Function):
         gC = np.empty((b, d, length, n), np.float32)
         gD = np.empty((b, d), np.float32)
         _bwd(u, delta, A, Bt, Ct, D, d // g, ctx.hs, _np(gy), gu, gdelta, gA, gB, gC, gD)
-        ctx.arrays = ctx.hs = None
+        # the saved arrays stay with ctx (freed with the graph): a retained graph is walked again
+        # (Mender's repair takes a gradient, then back-propagates its loss through the same graph)
         to = torch.from_numpy
         gB_ = to(gB).view(b, g, d // g, length, n).sum(2).transpose(2, 3)
         gC_ = to(gC).view(b, g, d // g, length, n).sum(2).transpose(2, 3)

@@ -1,0 +1,597 @@
+"""``mamba-bench explain``: Mender's state correlations and scores over a data set, and the repair.
+
+Data flow: data set (optionally under one corruption) → Grad-ESC / Grad-ISC of each chosen block
+and state, per image → ECS per image (perturbation × segmentation against foreground masks) →
+ICS per class → ``scores.parquet`` per (model, block, state, sample group); images that the
+corruption flips from right to wrong get side-by-side maps for the true and the predicted class.
+``--repair`` fine-tunes with Mender's losses and measures the accuracy change in the same run.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from mamba_bench.analysis import mender
+from mamba_bench.data import ImageSet, open_dataset
+from mamba_bench.errors import MambaBenchError, RunDirError
+from mamba_bench.models.preprocess import to_model_input
+from mamba_bench.results.store import atomic_write_json, atomic_write_parquet, environment, git_commit
+
+#: Gray level (0-255) above which a digit pixel is stroke, i.e. foreground, for the embedded digits.
+DIGIT_STROKE = 96
+
+SCORES_SCHEMA = {
+    "model": "string", "block": "string", "stage": "int64", "index": "int64", "state": "string",
+    "group": "string", "n_samples": "int64", "n_classes": "int64", "ecs": "float64", "perturbation": "float64",
+    "iou": "float64", "ics": "float64", "simplicity": "float64", "homogeneity": "float64",
+}
+
+
+@dataclass
+class ExplainConfig:
+    """One explain run. ``corruption=None`` analyses clean images; ``blocks=None`` every Mamba block."""
+
+    model: str
+    data: str
+    out: str
+    weights: str | None = None
+    labels: str | None = None
+    per_class: int | None = None
+    limit: int | None = None
+    seed: int = 0
+    corruption: str | None = None
+    severity: int = 3
+    suite: str | None = None
+    masks: str | None = None
+    blocks: list[str] | None = None
+    states: list[str] = field(default_factory=lambda: list(mender.MENDER_STATES))
+    difficult_fraction: float = 0.5
+    views: int = 8
+    view_state: str = "s"
+    batch_size: int = 16
+    device: str = "auto"
+    cache_dir: str | None = None
+    workers: int | None = None
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+
+def _check_out(out: Path, marker: str) -> None:
+    if (out / marker).exists():
+        raise RunDirError(f"{out} already holds a finished run ({marker}); choose another --out or delete it")
+
+
+def resolve_model(name: str, weights: str | None, ds: ImageSet, *, cache_dir: str | None, seed: int):
+    """The loaded Mamba model; the digits default to the demo's digit-trained vmamba-nano."""
+    from mamba_bench.eval.corrupt import load_models
+    from mamba_bench.models.registry import get_spec, spec_for_weights
+
+    spec = spec_for_weights(get_spec(name), weights)
+    if spec.family != "vmamba":
+        raise MambaBenchError(f"{name} has no selective-scan (Mamba) blocks: Mender's state correlations need a "
+                              "Mamba model (vmamba-*, start-m, start-x); Swin and ConvNeXt have no SSM states")
+    if weights is None and ds.layout == "embedded" and name == "vmamba-nano":
+        from mamba_bench.demo import demo_weights
+
+        weights = str(demo_weights(name, cache=cache_dir))
+    (loaded,) = load_models([name], [weights] if weights else [], ds.num_classes, random_init=False,
+                            cache_dir=cache_dir, dataset=ds.name, seed=seed)
+    return loaded
+
+
+def select_blocks(all_blocks: list[str], wanted: list[str] | None) -> list[str]:
+    """``wanted`` as module names (``layers.2.blocks.1``) or positions (``-1`` the last); None: all."""
+    if not wanted:
+        return list(all_blocks)
+    chosen = []
+    for w in wanted:
+        if w in all_blocks:
+            chosen.append(w)
+            continue
+        try:
+            chosen.append(all_blocks[int(w)])
+        except (ValueError, IndexError):
+            raise MambaBenchError(f"unknown block {w!r}; the model's Mamba blocks are {', '.join(all_blocks)} "
+                                  f"(or positions 0..{len(all_blocks) - 1}, -1 the last)") from None
+    return list(dict.fromkeys(chosen))
+
+
+def load_images(ds: ImageSet, workers: int) -> tuple[np.ndarray, list[str], np.ndarray]:
+    from mamba_bench.eval.corrupt import _load_clean
+
+    images, keep, _ = _load_clean(ds, workers)
+    ids = [ds.samples[i].image_id for i in keep]
+    labels = np.asarray([ds.samples[i].label for i in keep], np.int64)
+    return images, ids, labels
+
+
+def foreground_masks(ds: ImageSet, images: np.ndarray, ids: list[str], masks: str | None) -> np.ndarray | None:
+    """Boolean (N, H, W) foreground masks aligned with the preprocessed images, or None.
+
+    Embedded digits: stroke pixels of the clean image. A directory: ``MASKS/<image id>`` with any
+    image suffix (``.png`` first), preprocessed like the image (resize + center crop), nonzero =
+    foreground. Masks describe the clean image (a geometric corruption moves the object, not them).
+    """
+    if masks is None:
+        if ds.layout == "embedded":
+            return images[..., 0] > DIGIT_STROKE
+        return None
+    from mamba_bench.data.images import ImageReadError, eval_preprocess, load_image_rgb
+
+    root = Path(masks).expanduser()
+    if not root.is_dir():
+        raise MambaBenchError(f"--masks {masks} is not a directory")
+    out = np.zeros(images.shape[:3], bool)
+    for k, image_id in enumerate(ids):
+        stem = root / Path(image_id).with_suffix("")
+        found = [stem.with_suffix(s) for s in (".png", ".PNG", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+                 if stem.with_suffix(s).is_file()]
+        if not found:
+            raise MambaBenchError(f"no mask for image {image_id} in {root} (expected {stem}.png); every analysed "
+                                  "image needs one, or drop --masks")
+        try:
+            arr = eval_preprocess(load_image_rgb(found[0]), ds.image_size, ds.resize)
+        except ImageReadError as exc:
+            raise MambaBenchError(f"mask {found[0]} cannot be read: {exc}") from None
+        if arr.shape[:2] != out.shape[1:]:
+            raise MambaBenchError(f"mask {found[0]} preprocesses to {arr.shape[:2]}, not {out.shape[1:]}")
+        out[k] = arr.max(axis=2) > 127
+    return out
+
+
+def corrupt_images(images: np.ndarray, ids: list[str], cells, seed: int, workers: int,
+                   batch_size: int = 64):
+    """Yield ``(cell index, uint8 batch, first position)``, corrupted in DataLoader workers, cell by cell."""
+    import os
+
+    from mamba_bench.eval.corrupt import _CellImages
+
+    n = len(ids)
+    batches = [list(range(j * n + a, j * n + min(a + batch_size, n)))
+               for j in range(len(cells)) for a in range(0, n, batch_size)]
+    loader = torch.utils.data.DataLoader(
+        _CellImages(images, ids, cells, seed), batch_sampler=batches, num_workers=workers,
+        collate_fn=torch.stack, multiprocessing_context="fork" if workers and os.name == "posix" else None)
+    for idxs, batch in zip(batches, loader, strict=True):
+        j, start = divmod(idxs[0], n)
+        yield j, batch, start
+
+
+# ---------------------------------------------------------------------------------------------- analysis
+
+
+def _stage(block: str) -> int:
+    parts = block.split(".")
+    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else -1
+
+
+def difficult_split(p_true: np.ndarray, fraction: float) -> np.ndarray:
+    """Group per sample: the ``ceil(fraction × N)`` lowest true-class probabilities are 'difficult'."""
+    n = len(p_true)
+    k = min(n, max(1, math.ceil(fraction * n))) if n else 0
+    groups = np.full(n, "simple", dtype=object)
+    groups[np.argsort(p_true, kind="stable")[:k]] = "difficult"
+    return groups
+
+
+def analyse(module, spec, images: np.ndarray, labels: np.ndarray, masks: np.ndarray | None, blocks: list[str],
+            states: list[str], *, batch_size: int, device: torch.device):
+    """Per-image true-class probability, prediction, ECS parts and ``i⁺`` for every (block, state)."""
+    n = len(labels)
+    p_true, pred = np.zeros(n), np.zeros(n, np.int64)
+    ratio = {(b, s): np.zeros(n) for b in blocks for s in states}
+    iou = {(b, s): np.full(n, np.nan) for b in blocks for s in states}
+    i_pos: dict[tuple[str, str], list[torch.Tensor]] = {(b, s): [] for b in blocks for s in states}
+    for a in range(0, n, batch_size):
+        x = to_model_input(torch.from_numpy(images[a:a + batch_size]), spec, device)
+        y = torch.from_numpy(labels[a:a + batch_size]).to(device)
+        corr = mender.state_correlations(module, x, y, blocks, states)
+        p_true[a:a + len(y)] = corr.probs.gather(1, y[:, None])[:, 0].cpu().numpy()
+        pred[a:a + len(y)] = corr.probs.argmax(1).cpu().numpy()
+        m = None if masks is None else torch.from_numpy(masks[a:a + batch_size]).to(device)
+        for key, e in corr.external.items():
+            ratio[key][a:a + len(y)] = mender.perturbation_ratio(module, x, y, e).cpu().numpy()
+            if m is not None:
+                iou[key][a:a + len(y)] = mender.segmentation_iou(e, m).cpu().numpy()
+            i_pos[key].append(mender.positive_channels(corr.internal[key]).cpu())
+    return p_true, pred, ratio, iou, {k: torch.cat(v) for k, v in i_pos.items()}
+
+
+def class_ics(i_pos: torch.Tensor, labels: np.ndarray) -> tuple[float, float, float, int]:
+    """Mean over classes (with ≥ 2 samples) of (ICS, simplicity, homogeneity), and the class count."""
+    vals = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        if len(idx) >= 2:
+            s, h = mender.ics(i_pos[torch.from_numpy(idx)])
+            vals.append((s * h, s, h))
+    if not vals:
+        return float("nan"), float("nan"), float("nan"), 0
+    arr = np.asarray(vals, float)
+    with np.errstate(all="ignore"):
+        return (*(float(np.nanmean(arr[:, k])) if not np.isnan(arr[:, k]).all() else float("nan")
+                  for k in range(3)), len(vals))
+
+
+def score_table(model: str, blocks: list[str], all_blocks: list[str], states: list[str], labels: np.ndarray,
+                groups: np.ndarray, ratio, iou, i_pos) -> pd.DataFrame:
+    rows = []
+    for b in blocks:
+        for s in states:
+            for g in ("simple", "difficult", "all"):
+                sel = np.ones(len(labels), bool) if g == "all" else groups == g
+                if not sel.any():
+                    continue
+                r = ratio[(b, s)][sel]
+                pert = r / (1 + r)
+                io = iou[(b, s)][sel]
+                e = pert * io
+                ics_v, simp, homo, n_cls = class_ics(i_pos[(b, s)][torch.from_numpy(np.flatnonzero(sel))],
+                                                     labels[sel])
+                with np.errstate(all="ignore"):
+                    rows.append({
+                        "model": model, "block": b, "stage": _stage(b), "index": all_blocks.index(b), "state": s,
+                        "group": g, "n_samples": int(sel.sum()), "n_classes": n_cls,
+                        "ecs": float(np.nanmean(e)) if not np.isnan(e).all() else float("nan"),
+                        "perturbation": float(pert.mean()),
+                        "iou": float(np.nanmean(io)) if not np.isnan(io).all() else float("nan"),
+                        "ics": ics_v, "simplicity": simp, "homogeneity": homo})
+    df = pd.DataFrame(rows, columns=list(SCORES_SCHEMA))
+    return df.astype(SCORES_SCHEMA)
+
+
+def run_explain(cfg: ExplainConfig) -> dict:
+    """Scores, plots and misclassification views of one model; returns paths and the score table."""
+    from mamba_bench.eval.corrupt import default_workers, resolve_device
+
+    t0 = time.perf_counter()
+    out = Path(cfg.out)
+    _check_out(out, "scores.parquet")
+    states = mender.check_states(cfg.states)
+    if cfg.view_state not in states:
+        raise MambaBenchError(f"--view-state {cfg.view_state} is not one of --states {','.join(states)}")
+    if not 0 < cfg.difficult_fraction < 1:
+        raise MambaBenchError(f"--difficult-fraction must be in (0, 1), not {cfg.difficult_fraction}")
+    if cfg.limit is not None and cfg.limit < 1:
+        raise MambaBenchError(f"--limit must be >= 1, not {cfg.limit}")
+    if cfg.batch_size < 1:
+        raise MambaBenchError(f"--batch-size must be >= 1, not {cfg.batch_size}")
+    cells = _cells(cfg.suite, [cfg.corruption] if cfg.corruption else [], cfg.severity)
+    device = resolve_device(cfg.device)
+    workers = default_workers() if cfg.workers is None else cfg.workers
+    ds = open_dataset(cfg.data, per_class=cfg.per_class, seed=cfg.seed, labels=cfg.labels)
+    if cfg.limit is not None:
+        ds.samples = ds.samples[:cfg.limit]
+        if ds.arrays is not None:
+            ds.arrays = ds.arrays[:cfg.limit]
+    loaded = resolve_model(cfg.model, cfg.weights, ds, cache_dir=cfg.cache_dir, seed=cfg.seed)
+    module, spec = loaded.module.to(device), loaded.spec
+    all_blocks = mender.mamba_blocks(module, cfg.model)
+    blocks = select_blocks(all_blocks, cfg.blocks)
+    clean, ids, labels = load_images(ds, workers)
+    masks = foreground_masks(ds, clean, ids, cfg.masks)
+    images = clean
+    if cells:
+        images = np.empty_like(clean)
+        for _, batch, start in corrupt_images(clean, ids, cells, cfg.seed, workers):
+            images[start:start + len(batch)] = batch.numpy()
+
+    p_true, pred, ratio, iou, i_pos = analyse(module, spec, images, labels, masks, blocks, states,
+                                              batch_size=cfg.batch_size, device=device)
+    groups = difficult_split(p_true, cfg.difficult_fraction)
+    scores = score_table(cfg.model, blocks, all_blocks, states, labels, groups, ratio, iou, i_pos)
+    samples = pd.DataFrame({"image_id": ids, "label": labels, "pred": pred, "p_true": p_true,
+                            "group": groups.astype(str)})
+    for b in blocks:
+        for s in states:
+            r = ratio[(b, s)]
+            samples[f"ecs/{b}/{s}"] = r / (1 + r) * iou[(b, s)]
+
+    out.mkdir(parents=True, exist_ok=True)
+    from mamba_bench.analysis.plots import plot_flips, plot_scores
+
+    plots = [plot_scores(scores, out / "scores.png", cfg.model)]
+    flips = pd.DataFrame({"image_id": pd.Series(dtype="string"), "label": pd.Series(dtype="int64"),
+                          "clean_pred": pd.Series(dtype="int64"), "pred": pd.Series(dtype="int64"),
+                          "p_true": pd.Series(dtype="float64")})
+    if cells:
+        clean_pred = _predict(module, spec, clean, cfg.batch_size, device)
+        flipped = np.flatnonzero((clean_pred == labels) & (pred != labels))
+        flips = pd.DataFrame({"image_id": [ids[k] for k in flipped], "label": labels[flipped],
+                              "clean_pred": clean_pred[flipped], "pred": pred[flipped], "p_true": p_true[flipped]})
+        if len(flipped) and cfg.views > 0:
+            show = flipped[:cfg.views]
+            view_block = blocks[-1]
+            maps_true, p_t = _maps(module, spec, images[show], labels[show], view_block, cfg.view_state, device)
+            maps_pred, p_p = _maps(module, spec, images[show], pred[show], view_block, cfg.view_state, device)
+            plots.append(plot_flips(clean[show], images[show], maps_true, maps_pred, labels[show], pred[show],
+                                    p_t, p_p, ds.class_names, out / "flips.png",
+                                    f"{cfg.model}: {cfg.corruption} severity {cfg.severity}, Grad-ESC of "
+                                    f"state {cfg.view_state} in {view_block}"))
+    atomic_write_parquet(out / "samples.parquet", samples)
+    atomic_write_parquet(out / "flips.parquet", flips)
+    atomic_write_parquet(out / "scores.parquet", scores)
+    manifest = {
+        "command": "explain", "config": asdict(cfg), "model": {"name": loaded.name, "weights": loaded.weights,
+                                                               "weights_sha256": loaded.weights_sha256},
+        "data": {"name": ds.name, "root": ds.root, "images": len(ids), "notes": ds.notes,
+                 "masks": "digit strokes" if cfg.masks is None and masks is not None else cfg.masks},
+        "blocks": blocks, "states": states, "flipped": int(len(flips)), "plots": [p.name for p in plots],
+        "seconds": round(time.perf_counter() - t0, 1), "environment": environment(), "git_commit": git_commit(),
+    }
+    atomic_write_json(out / "manifest.json", manifest)
+    return {"out": out, "scores": scores, "samples": samples, "flips": flips, "plots": plots,
+            "masks": masks is not None}
+
+
+def _cells(suite_path: str | None, names: list[str], severity: int):
+    if not names:
+        return []
+    from mamba_bench.corruptions import load_suite
+
+    suite = load_suite(suite_path)
+    chosen = suite.select(names)
+    return [(c, s) for c in chosen for s in suite.severities(c, [severity])]
+
+
+@torch.no_grad()
+def _predict(module, spec, images: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
+    preds = []
+    for a in range(0, len(images), batch_size):
+        x = to_model_input(torch.from_numpy(images[a:a + batch_size]), spec, device)
+        preds.append(module(x).argmax(1).cpu())
+    return torch.cat(preds).numpy()
+
+
+def _maps(module, spec, images: np.ndarray, targets: np.ndarray, block: str, state: str, device):
+    """Upsampled ``e⁺`` in [0, 1] (N, H, W) for ``targets`` and the targets' probabilities."""
+    x = to_model_input(torch.from_numpy(images), spec, device)
+    t = torch.from_numpy(np.asarray(targets, np.int64)).to(device)
+    corr = mender.state_correlations(module, x, t, [block], [state])
+    pos = mender.positive_negative(corr.external[(block, state)])[0]
+    maps = mender.upsample(pos, images.shape[1:3])[:, 0].clamp(0, 1).cpu().numpy()
+    return maps, corr.probs.gather(1, t[:, None])[:, 0].cpu().numpy()
+
+
+# ---------------------------------------------------------------------------------------------- repair
+
+
+@dataclass
+class RepairConfig:
+    """Mender's repair: fine-tune with the external loss on c and s and the internal loss on x."""
+
+    model: str
+    data: str
+    out: str
+    weights: str | None = None
+    train_data: str | None = None
+    masks: str | None = None
+    labels: str | None = None
+    per_class: int | None = None
+    blocks: list[str] | None = None
+    arms: list[str] = field(default_factory=lambda: ["ce", "ext", "int", "all"])
+    steps: int = 150
+    lr: float = 1e-4
+    batch_size: int = 32
+    lambda_ext: float = 1.0
+    lambda_int: float = 1.0
+    corruptions: list[str] | str = "all"
+    severity: int = 3
+    suite: str | None = None
+    seed: int = 0
+    device: str = "auto"
+    cache_dir: str | None = None
+    workers: int | None = None
+
+
+ARMS = {"ce": (False, False), "ext": (True, False), "int": (False, True), "all": (True, True)}
+
+
+def default_repair_blocks(all_blocks: list[str]) -> list[str]:
+    """The deep blocks: those of the last two stages."""
+    stages = sorted({_stage(b) for b in all_blocks})
+    deep = set(stages[-2:])
+    return [b for b in all_blocks if _stage(b) in deep]
+
+
+def class_templates(module, spec, images, labels, blocks, num_classes: int, *, batch_size: int, device):
+    """Per block, the class templates ``î`` (C, D): mean ``i⁺`` of the state x over each class's
+    correctly classified training images (all of its images when none is)."""
+    p, pred, _, _, i_pos = _internal_only(module, spec, images, labels, blocks, batch_size, device)
+    out = {}
+    for b in blocks:
+        ip = i_pos[b]
+        t = torch.zeros(num_classes, ip.shape[1])
+        for c in range(num_classes):
+            idx = np.flatnonzero((labels == c) & (pred == c))
+            if not len(idx):
+                idx = np.flatnonzero(labels == c)
+            if len(idx):
+                t[c] = ip[torch.from_numpy(idx)].mean(0)
+        out[b] = t.to(device)
+    return out
+
+
+def _internal_only(module, spec, images, labels, blocks, batch_size, device):
+    n = len(labels)
+    p, pred = np.zeros(n), np.zeros(n, np.int64)
+    parts: dict[str, list[torch.Tensor]] = {b: [] for b in blocks}
+    for a in range(0, n, batch_size):
+        x = to_model_input(torch.from_numpy(images[a:a + batch_size]), spec, device)
+        y = torch.from_numpy(labels[a:a + batch_size]).to(device)
+        corr = mender.state_correlations(module, x, y, blocks, ["x"])
+        p[a:a + len(y)] = corr.probs.gather(1, y[:, None])[:, 0].cpu().numpy()
+        pred[a:a + len(y)] = corr.probs.argmax(1).cpu().numpy()
+        for b in blocks:
+            parts[b].append(mender.positive_channels(corr.internal[(b, "x")]).cpu())
+    return p, pred, None, None, {b: torch.cat(v) for b, v in parts.items()}
+
+
+def repair_step_losses(module, x, y, masks, blocks, templates, use_ext: bool, use_int: bool):
+    """(cross-entropy, external loss, internal loss) of one batch; the losses are 0 when unused."""
+    states = (["c", "s"] if use_ext else []) + (["x"] if use_int else [])
+    zero = torch.zeros((), device=x.device)
+    if not states:
+        return F.cross_entropy(module(x), y), zero, zero
+    corr = mender.state_correlations(module, x, y, blocks, states, keep_graph=True)
+    ce = F.nll_loss(corr.probs.clamp_min(1e-12).log(), y)
+    ext = sum((mender.external_loss(corr.external[(b, s)], masks) for b in blocks for s in ("c", "s")),
+              zero) / len(blocks) if use_ext else zero
+    itn = sum((mender.internal_loss(corr.internal[(b, "x")], templates[b][y]) for b in blocks), zero) / len(blocks) \
+        if use_int else zero
+    return ce, ext, itn
+
+
+def finetune_arm(base, spec, images, labels, masks, blocks, templates, arm: str, cfg: RepairConfig, device):
+    """A copy of ``base`` fine-tuned ``cfg.steps`` steps; the data order depends on the seed only
+    (every arm sees the same batches), so arms differ by their losses alone."""
+    use_ext, use_int = ARMS[arm]
+    model = copy.deepcopy(base).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.05)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    n = len(labels)
+    order = torch.randperm(n, generator=gen)
+    pos, history = 0, []
+    for step in range(cfg.steps):
+        if pos + cfg.batch_size > n:
+            order, pos = torch.randperm(n, generator=gen), 0
+        idx = order[pos:pos + cfg.batch_size].numpy()
+        pos += cfg.batch_size
+        x = to_model_input(torch.from_numpy(images[idx]), spec, device)
+        y = torch.from_numpy(labels[idx]).to(device)
+        m = torch.from_numpy(masks[idx]).to(device)
+        ce, ext, itn = repair_step_losses(model, x, y, m, blocks, templates, use_ext, use_int)
+        loss = ce + cfg.lambda_ext * ext + cfg.lambda_int * itn
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        history.append({"arm": arm, "step": step + 1, "ce": float(ce), "ext": float(ext), "int": float(itn)})
+    return model.eval(), history
+
+
+def _train_set(cfg: RepairConfig, test: ImageSet):
+    """Training images, labels and masks: the digits' train split, or ``--train-data`` with ``--masks``."""
+    from mamba_bench.data import digits_split
+
+    if cfg.train_data is None:
+        if test.layout != "embedded":
+            raise MambaBenchError("--repair on a directory needs --train-data DIR (and --masks for its images); "
+                                  "the repair fine-tunes on training images, never on the evaluated ones")
+        x, y, ids = digits_split("train")
+        return x, y, x[..., 0] > DIGIT_STROKE
+    if cfg.masks is None:
+        raise MambaBenchError("--repair with --train-data needs --masks DIR: the external loss uses foreground masks")
+    ds = open_dataset(cfg.train_data, per_class=cfg.per_class, seed=cfg.seed, labels=cfg.labels)
+    if ds.num_classes != test.num_classes:
+        raise MambaBenchError(f"--train-data has {ds.num_classes} classes, --data {test.num_classes}")
+    from mamba_bench.eval.corrupt import default_workers
+
+    x, ids, y = load_images(ds, default_workers() if cfg.workers is None else cfg.workers)
+    return x, y, foreground_masks(ds, x, ids, cfg.masks)
+
+
+def run_repair(cfg: RepairConfig, on_arm=None) -> dict:
+    """Fine-tune one copy of the model per arm and evaluate all of them, and the base, on the test
+    data, clean and corrupted, in one pass over the corrupted images."""
+    from mamba_bench.corruptions import load_suite
+    from mamba_bench.eval.corrupt import LoadedModel, default_workers, iterate_cells, resolve_device
+    from mamba_bench.models.weights import save_checkpoint
+
+    t0 = time.perf_counter()
+    out = Path(cfg.out)
+    _check_out(out, "repair.parquet")
+    bad = [a for a in cfg.arms if a not in ARMS]
+    if bad or not cfg.arms:
+        raise MambaBenchError(f"unknown --arms {','.join(bad) or '(none)'}; valid: {', '.join(ARMS)}")
+    for name, v in (("--repair-steps", cfg.steps), ("--batch-size", cfg.batch_size)):
+        if v < 1:
+            raise MambaBenchError(f"{name} must be >= 1, not {v}")
+    if cfg.lr <= 0 or cfg.lambda_ext < 0 or cfg.lambda_int < 0:
+        raise MambaBenchError("--lr must be > 0 and --lambda-ext / --lambda-int >= 0")
+    suite = load_suite(cfg.suite)
+    chosen = suite.select(cfg.corruptions)
+    cells = [(None, 0)] + [(c, s) for c in chosen for s in suite.severities(c, [cfg.severity])]
+    device = resolve_device(cfg.device)
+    workers = default_workers() if cfg.workers is None else cfg.workers
+    test = open_dataset(cfg.data, per_class=cfg.per_class, seed=cfg.seed, labels=cfg.labels)
+    base = resolve_model(cfg.model, cfg.weights, test, cache_dir=cfg.cache_dir, seed=cfg.seed)
+    spec = base.spec
+    module = base.module.to(device)
+    blocks = select_blocks(mender.mamba_blocks(module, cfg.model), cfg.blocks) if cfg.blocks \
+        else default_repair_blocks(mender.mamba_blocks(module, cfg.model))
+    tr_x, tr_y, tr_m = _train_set(cfg, test)
+    if tr_y.max() >= test.num_classes:
+        raise MambaBenchError("training labels exceed the model's classes")
+    templates = class_templates(module, spec, tr_x, tr_y, blocks, test.num_classes, batch_size=cfg.batch_size,
+                                device=device)
+    models = [LoadedModel("base", spec, module.eval(), base.weights, base.weights_sha256)]
+    history = []
+    for arm in cfg.arms:
+        if on_arm is not None:
+            on_arm(arm)
+        m, h = finetune_arm(module, spec, tr_x, tr_y, tr_m, blocks, templates, arm, cfg, device)
+        models.append(LoadedModel(arm, spec, m, None, None))
+        history += h
+
+    te_x, te_ids, te_y = load_images(test, workers)
+    te_masks = foreground_masks(test, te_x, te_ids, cfg.masks if cfg.train_data is None else None)
+    rows = {m.name: {"clean": np.nan, "corrupted": []} for m in models}
+    labels_t = torch.from_numpy(te_y)
+    for j, _, res in iterate_cells(te_x, te_ids, labels_t, cells, list(range(len(cells))), models,
+                                   seed=cfg.seed, batch_size=64, workers=workers, device=device):
+        for name, r in res.items():
+            top1 = float(np.mean(r["correct"])) * 100
+            if cells[j][0] is None:
+                rows[name]["clean"] = top1
+            else:
+                rows[name]["corrupted"].append(top1)
+    table = []
+    for m in models:
+        ecs_v, ics_v = _repair_scores(m.module, spec, te_x, te_y, te_masks, blocks, device)
+        corr = rows[m.name]["corrupted"]
+        table.append({"arm": m.name, "clean_top1": rows[m.name]["clean"],
+                      "corrupted_top1": float(np.mean(corr)) if corr else float("nan"),
+                      "ecs": ecs_v, "ics": ics_v, "steps": 0 if m.name == "base" else cfg.steps})
+    df = pd.DataFrame(table)
+    b = df.iloc[0]
+    df["clean_change"] = df.clean_top1 - b.clean_top1
+    df["corrupted_change"] = df.corrupted_top1 - b.corrupted_top1
+    out.mkdir(parents=True, exist_ok=True)
+    best = "all" if "all" in cfg.arms else cfg.arms[-1]
+    ckpt = save_checkpoint(next(m.module for m in models if m.name == best), out / f"repaired-{best}.safetensors",
+                           {"mamba_bench_model": cfg.model, "num_classes": str(test.num_classes),
+                            "dataset": test.name, "repair_arm": best, "repaired_from": str(base.weights),
+                            "blocks": ",".join(blocks)})
+    atomic_write_parquet(out / "history.parquet", pd.DataFrame(history))
+    atomic_write_parquet(out / "repair.parquet", df)
+    atomic_write_json(out / "manifest.json", {
+        "command": "explain --repair", "config": asdict(cfg), "blocks": blocks,
+        "cells": [[c.name if c else "clean", s] for c, s in cells], "test_images": len(te_y),
+        "train_images": len(tr_y), "checkpoint": ckpt.name, "seconds": round(time.perf_counter() - t0, 1),
+        "environment": environment(), "git_commit": git_commit()})
+    return {"out": out, "table": df, "history": pd.DataFrame(history), "blocks": blocks, "checkpoint": ckpt}
+
+
+def _repair_scores(module, spec, images, labels, masks, blocks, device, limit: int = 200):
+    """Mean ECS over the repaired blocks' c and s states and mean ICS of their x state (first
+    ``limit`` test images): the scores the repair is meant to raise."""
+    if masks is None:
+        masks_l = None
+    else:
+        masks_l = masks[:limit]
+    _, _, ratio, iou, i_pos = analyse(module, spec, images[:limit], labels[:limit], masks_l, blocks,
+                                      ["x", "c", "s"], batch_size=32, device=device)
+    e = [np.nanmean(ratio[(b, s)] / (1 + ratio[(b, s)]) * iou[(b, s)]) for b in blocks for s in ("c", "s")]
+    i = [class_ics(i_pos[(b, "x")], labels[:limit])[0] for b in blocks]
+    with np.errstate(all="ignore"):
+        return float(np.nanmean(e)) if masks is not None else float("nan"), float(np.nanmean(i))

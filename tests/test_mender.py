@@ -1,0 +1,237 @@
+"""Vision Mamba Mender: correlations against per-image brute force, the scores' math, the repair losses, CLI."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mamba_bench.analysis import mender
+from mamba_bench.analysis.explain import default_repair_blocks, difficult_split, select_blocks
+from mamba_bench.errors import MambaBenchError
+from mamba_bench.models.vmamba import VMamba, VMambaConfig, capture_internals
+
+
+@pytest.fixture(scope="module")
+def nano():
+    torch.manual_seed(0)
+    return VMamba(VMambaConfig((1, 1, 2, 1), 32, 1, 1.0), num_classes=10).eval()
+
+
+BLOCKS = ["layers.0.blocks.0", "layers.2.blocks.1", "layers.3.blocks.0"]
+
+
+def test_correlations_match_per_image_autograd(nano):
+    """The batched computation (one backward of the summed probabilities) equals each image's own."""
+    torch.manual_seed(1)
+    x = torch.randn(3, 3, 64, 64)
+    y = torch.tensor([2, 7, 7])
+    corr = mender.state_correlations(nano, x, y, BLOCKS, ["x", "c", "s", "y"])
+    for k in range(3):
+        with capture_internals(nano, names={"in", "conv", "ssm", "out"}, detach=False) as rec:
+            p = nano(x[k:k + 1]).softmax(1)[0, y[k]]
+        for b in BLOCKS:
+            for state, name in mender.MENDER_STATES.items():
+                s = rec[b][name]
+                (g,) = torch.autograd.grad(p, s, retain_graph=True)
+                # Grad-ESC: token-averaged gradient times the state, averaged over channels
+                e = (g.mean((2, 3), keepdim=True) * s).mean(1)[0]
+                i = (g * s).mean((2, 3))[0]
+                torch.testing.assert_close(corr.external[(b, state)][k], e.detach(), rtol=1e-4, atol=1e-9)
+                torch.testing.assert_close(corr.internal[(b, state)][k], i.detach(), rtol=1e-4, atol=1e-9)
+        torch.testing.assert_close(corr.probs[k, y[k]], p.detach())
+    assert corr.external[(BLOCKS[0], "s")].shape == (3, 16, 16)
+    assert corr.external[(BLOCKS[2], "y")].shape == (3, 2, 2)
+    assert corr.internal[(BLOCKS[1], "x")].shape == (3, 128)
+
+
+def test_positive_negative_and_iou():
+    e = torch.tensor([[[2.0, -1.0], [0.5, -4.0]]])
+    pos, neg = mender.positive_negative(e)
+    torch.testing.assert_close(pos, torch.tensor([[[1.0, 0.0], [0.25, 0.0]]]))
+    torch.testing.assert_close(neg, torch.tensor([[[0.0, 0.25], [0.0, 1.0]]]))
+    # top-|m| pixels of e⁺ upsampled to 4x4: the left column block is hot
+    e2 = torch.tensor([[[1.0, 0.0], [1.0, 0.0]], [[0.0, 1.0], [0.0, 1.0]]])
+    m = torch.zeros(2, 4, 4, dtype=torch.bool)
+    m[:, :, :2] = True
+    iou = mender.segmentation_iou(e2, m)
+    assert iou[0] == pytest.approx(1.0) and iou[1] == pytest.approx(0.0)
+    # an empty mask has nothing to segment: NaN, never 0 or 1
+    assert torch.isnan(mender.segmentation_iou(e2[:1], torch.zeros(1, 4, 4, dtype=torch.bool)))[0]
+    r = torch.tensor([1.0, 3.0])
+    torch.testing.assert_close(mender.ecs(r, torch.tensor([1.0, 0.5])), torch.tensor([0.5, 0.375]))
+
+
+def test_ics_simplicity_and_homogeneity():
+    same = torch.tensor([[1.0, 0.0, 0.5], [1.0, 0.0, 0.5]])
+    s, h = mender.ics(same)
+    assert s == pytest.approx(0.5) and h == pytest.approx(1.0)  # identical samples: perfectly homogeneous
+    disjoint = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]])
+    s, h = mender.ics(disjoint)
+    assert h == pytest.approx(1 / 3) and s == pytest.approx(0.25)
+
+
+def test_perturbation_ratio_rewards_the_region_the_model_uses():
+    """A model that reads only the left half: keeping the left half beats keeping the right half."""
+    class LeftHalf(torch.nn.Module):
+        def forward(self, x):
+            s = x[:, :, :, :2].sum((1, 2, 3))
+            return torch.stack([s, -s], 1)
+
+    x = torch.ones(1, 3, 4, 4)
+    left = torch.tensor([[[1.0, 0.0], [1.0, 0.0]]])
+    r = mender.perturbation_ratio(LeftHalf(), x, torch.tensor([0]), left)
+    assert r[0] > 1.0
+    r_swapped = mender.perturbation_ratio(LeftHalf(), x, torch.tensor([0]), -left)
+    assert r_swapped[0] < 1.0
+
+
+def test_losses_penalise_outside_the_object_and_template():
+    e = torch.tensor([[[1.0, 1.0], [0.0, 0.0]]])
+    inside = torch.zeros(1, 4, 4)
+    inside[:, :2] = 1
+    assert float(mender.external_loss(e, inside)) == pytest.approx(0.0)
+    assert float(mender.external_loss(e, 1 - inside)) == pytest.approx(0.5)
+    i = torch.tensor([[2.0, 0.0, 1.0, -1.0]])
+    assert float(mender.internal_loss(i, torch.tensor([[1.0, 0.0, 1.0, 0.0]]))) == pytest.approx(0.0)
+    assert float(mender.internal_loss(i, torch.zeros(1, 4))) == pytest.approx(1.5 / 4)
+
+
+def test_external_loss_trains_the_correlation_onto_the_mask(nano):
+    """A few steps on Loss_e alone lower it: the gradient reaches the parameters through the states."""
+    import copy
+
+    model = copy.deepcopy(nano).train()
+    torch.manual_seed(2)
+    x = torch.randn(4, 3, 64, 64)
+    y = torch.tensor([0, 1, 2, 3])
+    masks = torch.zeros(4, 64, 64)
+    masks[:, 16:48, 16:48] = 1
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    blocks = ["layers.2.blocks.1", "layers.3.blocks.0"]
+    losses = []
+    for _ in range(12):
+        corr = mender.state_correlations(model, x, y, blocks, ["c", "s"], keep_graph=True)
+        loss = sum(mender.external_loss(corr.external[(b, s)], masks) for b in blocks for s in ("c", "s"))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.8 * losses[0]
+
+
+def test_block_selection_and_groups():
+    blocks = ["layers.0.blocks.0", "layers.1.blocks.0", "layers.2.blocks.0", "layers.2.blocks.1", "layers.3.blocks.0"]
+    assert select_blocks(blocks, ["-1", "layers.0.blocks.0"]) == ["layers.3.blocks.0", "layers.0.blocks.0"]
+    assert select_blocks(blocks, None) == blocks
+    with pytest.raises(MambaBenchError, match="unknown block"):
+        select_blocks(blocks, ["layers.9.blocks.0"])
+    assert default_repair_blocks(blocks) == ["layers.2.blocks.0", "layers.2.blocks.1", "layers.3.blocks.0"]
+    groups = difficult_split(np.array([0.9, 0.1, 0.5, 0.95, 0.2]), 0.4)
+    assert list(groups) == ["simple", "difficult", "simple", "simple", "difficult"]
+    with pytest.raises(MambaBenchError, match="no selective-scan"):
+        mender.mamba_blocks(torch.nn.Sequential(torch.nn.Linear(2, 2)), "swin-t")
+    with pytest.raises(MambaBenchError, match="unknown state"):
+        mender.check_states(["z"])
+
+
+@pytest.fixture(scope="module")
+def nano_weights(tmp_path_factory):
+    """A digits-shaped vmamba-nano checkpoint (random weights: these tests check the mechanics)."""
+    from mamba_bench.models.weights import save_checkpoint
+
+    torch.manual_seed(3)
+    model = VMamba(VMambaConfig((1, 1, 2, 1), 32, 1, 1.0), num_classes=10)
+    path = tmp_path_factory.mktemp("w") / "nano.safetensors"
+    save_checkpoint(model, path, {"mamba_bench_model": "vmamba-nano", "num_classes": "10"})
+    return str(path)
+
+
+def test_explain_cli_writes_scores_and_flip_views(cli, tmp_path, nano_weights):
+    out = tmp_path / "ex"
+    r = cli("explain", "--model", "vmamba-nano", "--weights", nano_weights, "--data", "digits", "--limit", "24",
+            "--corruption", "invert", "--severity", "3", "--out", str(out), "--workers", "0", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    scores = pd.read_parquet(out / "scores.parquet")
+    assert set(scores.state) == {"x", "c", "s", "y"} and set(scores.group) == {"simple", "difficult", "all"}
+    assert scores.block.nunique() == 5 and len(scores) == 5 * 4 * 3
+    assert scores.ecs.between(0, 1).all() and scores.iou.between(0, 1).all()  # digit strokes are the masks
+    assert scores.ics.dropna().between(0, 1).all() and scores.ics.notna().any()
+    assert (scores[scores.group == "simple"].n_samples == 12).all()
+    samples = pd.read_parquet(out / "samples.parquet")
+    assert len(samples) == 24 and (samples.group == "difficult").sum() == 12
+    # the 12 difficult images are those with the lowest true-class probability
+    assert samples[samples.group == "difficult"].p_true.max() <= samples[samples.group == "simple"].p_true.min()
+    flips = pd.read_parquet(out / "flips.parquet")
+    assert (flips.pred != flips.label).all() and (flips.clean_pred == flips.label).all()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["data"]["masks"] == "digit strokes" and (out / "scores.png").stat().st_size > 10_000
+    assert ("flips.png" in manifest["plots"]) == (len(flips) > 0)
+    # a finished run is not overwritten
+    again = cli("explain", "--model", "vmamba-nano", "--weights", nano_weights, "--data", "digits",
+                "--out", str(out), "--device", "cpu")
+    assert again.returncode == 2 and "already holds" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_explain_refuses_models_without_ssm_states(cli, tmp_path):
+    r = cli("explain", "--model", "swin-nano", "--data", "digits", "--out", str(tmp_path / "x"), "--device", "cpu")
+    assert r.returncode == 2 and "no selective-scan" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_explain_masks_directory(cli, tmp_path):
+    """Masks from a directory: a missing one is a clear error; present ones feed the IoU."""
+    from PIL import Image
+
+    from mamba_bench.models.weights import save_checkpoint
+
+    torch.manual_seed(4)
+    nano_weights = str(save_checkpoint(VMamba(VMambaConfig((1, 1, 2, 1), 32, 1, 1.0), num_classes=2),
+                                       tmp_path / "two.safetensors", {"num_classes": "2"}))
+
+    data = tmp_path / "val"
+    for cls in ("a", "b"):
+        (data / cls).mkdir(parents=True)
+        for k in range(2):
+            img = np.zeros((80, 80, 3), np.uint8)
+            img[20:60, 20:60] = 200
+            Image.fromarray(img).save(data / cls / f"{k}.png")
+    masks = tmp_path / "masks"
+    (masks / "a").mkdir(parents=True)
+    m = np.zeros((80, 80), np.uint8)
+    m[20:60, 20:60] = 255
+    Image.fromarray(m).save(masks / "a" / "0.png")
+    args = ["explain", "--model", "vmamba-nano", "--weights", nano_weights, "--data", str(data), "--masks",
+            str(masks), "--device", "cpu", "--workers", "0"]
+    r = cli(*args, "--out", str(tmp_path / "o1"))
+    assert r.returncode == 2 and "no mask for image a/1.png" in r.stderr
+    for name in ("a/1.png", "b/0.png", "b/1.png"):
+        (masks / name).parent.mkdir(exist_ok=True)
+        Image.fromarray(m).save(masks / name)
+    r = cli(*args, "--out", str(tmp_path / "o2"))
+    assert r.returncode == 0, r.stderr
+    samples = pd.read_parquet(tmp_path / "o2" / "samples.parquet")
+    assert list(samples.image_id) == ["a/0.png", "a/1.png", "b/0.png", "b/1.png"]
+    scores = pd.read_parquet(tmp_path / "o2" / "scores.parquet")
+    assert scores.iou.between(0, 1).all()
+
+
+def test_repair_cli_runs_every_arm_and_measures_them(cli, tmp_path, nano_weights):
+    out = tmp_path / "rep"
+    r = cli("explain", "--repair", "--model", "vmamba-nano", "--weights", nano_weights, "--data", "digits",
+            "--per-class", "3", "--repair-steps", "3", "--batch-size", "8", "--corruptions", "invert,fliplr",
+            "--out", str(out), "--workers", "0", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    table = pd.read_parquet(out / "repair.parquet")
+    assert list(table.arm) == ["base", "ce", "ext", "int", "all"]
+    assert table.clean_top1.between(0, 100).all() and table.corrupted_top1.between(0, 100).all()
+    assert table.clean_change.iloc[0] == 0
+    hist = pd.read_parquet(out / "history.parquet")
+    assert (hist[hist.arm == "ce"][["ext", "int"]] == 0).all().all()
+    assert (hist[hist.arm == "all"].ext > 0).all() and (hist[hist.arm == "all"]["int"] > 0).all()
+    assert (out / "repaired-all.safetensors").is_file()
+    bad = cli("explain", "--repair", "--model", "vmamba-nano", "--weights", nano_weights, "--data", "digits",
+              "--arms", "both", "--out", str(tmp_path / "r2"), "--device", "cpu")
+    assert bad.returncode == 2 and "unknown --arms" in bad.stderr
