@@ -518,8 +518,6 @@ def finetune(
     every = eval_every or max(1, iters // 10)
     _positive("--eval-every", every)
     modes = _split(mode) or ["scratch", "full", "freeze"]
-    if "freeze" in modes and not 0 <= freeze_warmup < iters:
-        raise MambaBenchError(f"--freeze-warmup must be in [0, --iters), got {freeze_warmup}")
     cfg = FinetuneConfig(data=data, model=model, width=width, init=init, iters=iters, crop=crop,
                          batch_size=batch_size, lr=lr, eval_every=every, seed=seed, freeze_warmup=freeze_warmup,
                          freeze_threshold=freeze_threshold)

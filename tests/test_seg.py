@@ -165,6 +165,60 @@ def test_regimes_resume_and_freeze(tmp_path):
     assert set(df["mode"]) == {"full", "freeze"}
 
 
+def test_rebuilt_optimizer_keeps_the_adam_state_of_trainable_tensors():
+    from mamba_bench.errors import MambaBenchError
+    from mamba_bench.seg.finetune import _optimizer, rebuild_optimizer
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    cfg = replace(SMALL, iters=10, lr=0.1)
+    opt, sched = _optimizer(model, cfg, 0)
+    x = torch.randn(8, 3)
+    for _ in range(3):
+        opt.zero_grad()
+        model(x).square().sum().backward()
+        opt.step()
+        sched.step()
+    from copy import deepcopy
+
+    ref = deepcopy(model)
+    ref_opt, ref_sched = _optimizer(ref, cfg, 0)  # the old optimiser, continued: the reference
+    ref_opt.load_state_dict(deepcopy(opt.state_dict()))  # (load_state_dict would share the moment tensors)
+    ref_sched.load_state_dict(sched.state_dict())
+    for m in (model, ref):
+        m[0].requires_grad_(False)
+    new, _ = rebuild_optimizer(model, opt, cfg, 3)
+    assert len(new.param_groups[0]["params"]) == 2 and all(p in new.state for p in model[1].parameters())
+    assert int(new.state[model[1].weight]["step"]) == 3
+    for m, o in ((model, new), (ref, ref_opt)):
+        o.zero_grad()
+        m(x).square().sum().backward()
+        o.step()
+    # the kept tensors move exactly as with the old optimiser (fresh moments would move them differently)
+    for a, b in zip(model.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    model[1].requires_grad_(False)
+    with pytest.raises(MambaBenchError, match="froze every tensor"):
+        rebuild_optimizer(model, new, cfg, 4)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"freeze_warmup": 0}, "--freeze-warmup must be at least 1 and below --iters (4), got 0"),
+    ({"freeze_warmup": 4}, "--freeze-warmup must be at least 1 and below --iters (4), got 4"),
+    ({"freeze_threshold": 0.0}, "--freeze-threshold must be in (0, 1]"),
+    ({"freeze_threshold": 1.5}, "--freeze-threshold must be in (0, 1]"),
+])
+def test_freeze_settings_are_checked(tmp_path, change, message):
+    from mamba_bench.errors import MambaBenchError
+
+    cfg = replace(SMALL, init="x.pt", **change)
+    with pytest.raises(MambaBenchError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        run_mode(cfg, "freeze", _tiny_split(1), _tiny_split(1), tmp_path, torch.device("cpu"))
+    assert not (tmp_path / "freeze").exists()  # refused before any work
+    run_mode(replace(cfg, init=None, iters=1, eval_every=1), "scratch", _tiny_split(1), _tiny_split(1), tmp_path,
+             torch.device("cpu"))  # the other regimes do not use them
+
+
 def test_init_of_another_architecture_is_refused(tmp_path):
     other = build_umamba("umamba-enc", width=4)
     from mamba_bench.models.weights import save_checkpoint
@@ -187,7 +241,10 @@ def test_finetune_cli(tmp_path, cli):
     for bad, msg in [(["--mode", "full"], "pass --init"), (["--crop", "40"], "multiple of 16"),
                      (["--mode", "lora"], "unknown --mode 'lora'"), (["--init", "nope.pt", "--mode", "full"],
                                                                      "no such file"),
-                     (["--data", str(tmp_path)], "no Massachusetts Roads layout")]:
+                     (["--data", str(tmp_path)], "no Massachusetts Roads layout"),
+                     (["--mode", "freeze", "--freeze-warmup", "0"], "--freeze-warmup must be at least 1"),
+                     (["--mode", "freeze", "--freeze-warmup", "1", "--freeze-threshold", "2"],
+                      "--freeze-threshold must be in (0, 1]")]:
         a = list(args)
         for i in range(0, len(bad), 2):
             k = a.index(bad[i]) if bad[i] in a else None

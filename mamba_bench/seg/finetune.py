@@ -2,12 +2,13 @@
 
 * ``scratch``: random initialisation (seeded);
 * ``full``: every weight from ``--init``, all trained;
-* ``freeze``: like ``full`` for ``freeze_warmup`` iterations (counted in the budget) while the mean
-  absolute gradient of every parameter tensor is accumulated; then every tensor whose mean |grad|
-  is below ``freeze_threshold`` × the median over all tensors is frozen (``requires_grad`` off) and
-  the optimiser is rebuilt over the rest, so neither momentum nor weight decay moves the frozen
-  tensors any more. The report saw near-zero gradients in the Mamba layers (its Figure 1): this
-  rule finds such tensors wherever they are, and the closing table says which were frozen.
+* ``freeze``: like ``full`` for ``freeze_warmup`` iterations (1 <= warm-up < iters, counted in the
+  budget) while the mean absolute gradient of every parameter tensor is accumulated; then every
+  tensor whose mean |grad| is below ``freeze_threshold`` (0 < threshold <= 1) × the median over all
+  tensors is frozen (``requires_grad`` off) and the optimiser is rebuilt over the rest, so neither
+  momentum nor weight decay moves the frozen tensors any more, while the rest keep their AdamW
+  state. The report saw near-zero gradients in the Mamba layers (its Figure 1): this rule finds
+  such tensors wherever they are, and the closing table says which were frozen.
 
 Loss: cross-entropy + (1 − soft Dice of the road class), on every decoder level with nnU-Net's
 deep-supervision weights (1, 1/2, 1/4, ... normalised); the report's "unnormalised" Dice term
@@ -186,12 +187,37 @@ def _peak_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def check_freeze_config(cfg: FinetuneConfig) -> None:
+    """The freeze regime needs a warm-up inside the budget and a threshold that keeps tensors trainable."""
+    if not 1 <= cfg.freeze_warmup < cfg.iters:
+        raise MambaBenchError(f"--freeze-warmup must be at least 1 and below --iters ({cfg.iters}), got "
+                              f"{cfg.freeze_warmup} (0 measures no gradients and freezes nothing)")
+    if not 0 < cfg.freeze_threshold <= 1:
+        raise MambaBenchError(f"--freeze-threshold must be in (0, 1] (a fraction of the median mean |grad|; "
+                              f"above 1 it can freeze every tensor), got {cfg.freeze_threshold}")
+
+
 def _optimizer(model, cfg: FinetuneConfig, step: int):
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     for g in opt.param_groups:
         g["initial_lr"] = cfg.lr
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (1 - s / cfg.iters) ** 0.9, last_epoch=step - 1)
+    return opt, sched
+
+
+def rebuild_optimizer(model, old: torch.optim.Optimizer, cfg: FinetuneConfig, step: int):
+    """The optimiser over the still-trainable tensors, keeping their AdamW moments and step counts.
+
+    The frozen tensors leave it (so neither momentum nor weight decay moves them); the others carry
+    on exactly as with the old optimiser.
+    """
+    if not any(p.requires_grad for p in model.parameters()):  # AdamW([]) would raise a bare ValueError
+        raise MambaBenchError("the freeze rule froze every tensor; use a lower --freeze-threshold")
+    opt, sched = _optimizer(model, cfg, step)
+    for p in opt.param_groups[0]["params"]:
+        if p in old.state:
+            opt.state[p] = old.state[p]
     return opt, sched
 
 
@@ -206,6 +232,8 @@ def run_mode(cfg: FinetuneConfig, mode: str, train: RoadSplit, valid: RoadSplit,
         return json.loads((mdir / "metrics.json").read_text())["rows"]
     if mode != "scratch" and cfg.init is None:
         raise MambaBenchError(f"--mode {mode} starts from pre-trained weights: pass --init CHECKPOINT")
+    if mode == "freeze":
+        check_freeze_config(cfg)
     atomic_write_json(mdir / "config.json", conf)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed_hash(cfg.seed, "init"))
@@ -256,7 +284,7 @@ def run_mode(cfg: FinetuneConfig, mode: str, train: RoadSplit, valid: RoadSplit,
             frozen = freeze_rule(grad_acc, cfg.freeze_threshold)
             for n, p in model.named_parameters():
                 p.requires_grad_(n not in frozen)
-            opt, sched = _optimizer(model, cfg, step)
+            opt, sched = rebuild_optimizer(model, opt, cfg, step)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         train_seconds += time.perf_counter() - t0
@@ -328,6 +356,8 @@ def finetune(cfg: FinetuneConfig, modes: list[str], out: Path, device, on_mode=N
         raise MambaBenchError(f"unknown --mode {bad[0]!r}; valid: {', '.join(MODES)}")
     if cfg.crop % 16:
         raise MambaBenchError(f"--crop must be a multiple of 16 (the U-Net's 4 down-samplings), got {cfg.crop}")
+    if "freeze" in modes:
+        check_freeze_config(cfg)
     if cfg.init is not None and not Path(cfg.init).is_file():
         raise CheckpointError(f"--init {cfg.init}: no such file")
     train, valid = open_roads(cfg.data, "train"), open_roads(cfg.data, "valid")
