@@ -18,15 +18,15 @@ evaluation runs tiled inference over whole validation tiles (windows of ``crop``
 overlap, softmax averaged) and reports road Dice and IoU over all pixels and the validation loss.
 
 Output: ``OUT/<mode>/last.pt`` (safetensors, usable as ``--init``), ``OUT/<mode>/state.pt`` (resume),
-``OUT/metrics.parquet`` (one row per mode × evaluation step), ``OUT/finetune.png`` (the report's
-Figure 5: validation loss and Dice against the step, every regime on one chart).
+``OUT/metrics.parquet`` (one row per mode × evaluation step; ``peak_mem_mb`` is the regime's peak
+CUDA allocation, NaN on CPU), ``OUT/finetune.png`` (the report's Figure 5: validation loss and Dice
+against the step, every regime on one chart).
 """
 
 from __future__ import annotations
 
 import io
 import json
-import resource
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -181,10 +181,15 @@ def load_init(model: nn.Module, path: str) -> None:
     model.load_state_dict(state, strict=True)
 
 
-def _peak_mb(device) -> float:
+def _peak_mb(device) -> float | None:
+    """Peak CUDA memory allocated by this regime so far (MB; reset when the regime starts).
+
+    None on CPU: the only cheap CPU figure, the process's max RSS, is a high-water mark over the
+    whole process (every earlier regime, data loading, ...), not this regime's memory.
+    """
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2 ** 20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return None
 
 
 def check_freeze_config(cfg: FinetuneConfig) -> None:
@@ -330,7 +335,9 @@ def _write_metrics(out: Path) -> None:
             rows += json.loads(done.read_text())["rows"]
         elif st.exists():
             rows += json.loads(torch.load(st, map_location="cpu", weights_only=True)["rows"])
-    atomic_write_parquet(out / "metrics.parquet", pd.DataFrame(rows, columns=METRIC_COLUMNS))
+    df = pd.DataFrame(rows, columns=METRIC_COLUMNS)
+    df["peak_mem_mb"] = df["peak_mem_mb"].astype(float)  # NaN where not measured (CPU)
+    atomic_write_parquet(out / "metrics.parquet", df)
 
 
 def plot_curves(df: pd.DataFrame, path: Path) -> Path:
