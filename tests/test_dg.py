@@ -261,6 +261,58 @@ def test_checkpoint_carries_its_config_and_loads_as_start_model(tmp_path):
         create_model("start-m")
 
 
+def test_dg_checkpoint_is_evaluated_with_its_training_preprocessing(tmp_path):
+    """dg-train stretches whole images to a square; predict and corrupt must feed its checkpoints the same."""
+    from mamba_bench.data import eval_preprocess, load_image_rgb, open_dataset
+    from mamba_bench.dg.train import ImageSource, _normalise
+    from mamba_bench.errors import MambaBenchError
+    from mamba_bench.eval.corrupt import load_models, match_preprocessing
+    from mamba_bench.eval.predict import predict_images
+    from mamba_bench.models.preprocess import image_for_spec
+    from mamba_bench.models.registry import spec_for_weights
+    from mamba_bench.models.weights import checkpoint_metadata
+
+    root = _pacs(tmp_path / "data", per=2)  # 24 x 20 images: a center crop loses their sides
+    ds = open_dg_dataset("pacs", root)
+    cfg = replace(TINY, dataset="pacs", test_domain="sketch", steps=1, eval_every=1, batch_size=2)
+    train_cell(cfg, ds, tmp_path / "run", device=torch.device("cpu"))
+    best = str(cfg.cell_dir(tmp_path / "run") / "best.pt")
+    md = checkpoint_metadata(best)
+    assert (md["resize_mode"], md["interpolation"]) == ("stretch", "bilinear")
+    spec = spec_for_weights(get_spec("vmamba-nano"), best)
+    assert (spec.resize_mode, spec.interpolation, spec.input_size) == ("stretch", "bilinear", 32)
+
+    source = ImageSource(32)  # what training feeds the model (augment none: nothing random)
+    photo = ds.domains[ds.index("photo")]
+    train_px = {p.resolve(): source._one(photo, i) for i, p in enumerate(photo.paths)}
+    for p, px in train_px.items():
+        img = load_image_rgb(p)
+        assert np.array_equal(image_for_spec(img, spec), px)
+        assert not np.array_equal(eval_preprocess(img, 32, 32), px)  # the former resize + center crop
+
+    # corrupt: the clean images of the run are the training pixels
+    imgset = open_dataset(str(root / "PACS" / "photo"))
+    models = load_models(["vmamba-nano"], [best], imgset.num_classes, random_init=False, cache_dir=None,
+                         dataset=imgset.name)
+    assert match_preprocessing(imgset, models) == {"resize_mode": "stretch", "image_size": 32,
+                                                   "interpolation": "bilinear"}
+    assert len(imgset) == 4 and all(np.array_equal(imgset.load(i), train_px[s.path.resolve()])
+                                    for i, s in enumerate(imgset.samples))
+    mixed = load_models(["vmamba-nano", "convnext-nano"], [best, None], 2, random_init=True, cache_dir=None,
+                        dataset=imgset.name)
+    with pytest.raises(MambaBenchError, match="stretched to a square .* run them separately"):
+        match_preprocessing(open_dataset(str(root / "PACS" / "photo")), mixed)
+
+    # predict: the logits of the training pixels
+    res, errors = predict_images("vmamba-nano", [str(photo.paths[0])], weights=best, topk=2, device="cpu")
+    model = create_model("vmamba-nano", weights=best)
+    with torch.no_grad():
+        logits = model(_normalise(source.batch(photo, np.array([0])), spec.mean, spec.std))[0]
+    assert not errors
+    got = {t["index"]: t["logit"] for t in res[0]["topk"]}
+    assert got == pytest.approx({i: float(v) for i, v in enumerate(logits)}, abs=1e-5)
+
+
 def test_selection_methods():
     ev = []
     for step, (src, tgt_out, tgt_in) in {1: (50, 90, 91), 2: (80, 60, 61), 3: (70, 70, 71)}.items():

@@ -14,7 +14,7 @@ import numpy as np
 
 from mamba_bench.data.embedded import DIGITS_SIZE, EMBEDDED_DATASETS, digits_split
 from mamba_bench.data.imagenet import EXPECTED, add_capped, scan_directory
-from mamba_bench.data.images import ImageReadError, default_resize, eval_preprocess, load_image_rgb
+from mamba_bench.data.images import ImageReadError, default_resize, eval_preprocess, load_image_rgb, stretch_resize
 from mamba_bench.errors import DataLayoutError, MambaBenchError
 
 __all__ = ["EMBEDDED_DATASETS", "ImageReadError", "ImageSet", "Sample", "digits_split", "eval_preprocess",
@@ -36,8 +36,10 @@ class ImageSet:
 
     ``class_ids`` are the machine names of the labels (wnids for ImageNet, folder names for a
     generic ImageFolder, "0".."9" for digits); ``resize`` is the shorter-side size before the
-    center crop (None: :func:`default_resize`); ``arrays`` holds the already-preprocessed images
-    of an embedded data set, row ``i`` ↔ ``samples[i]``.
+    center crop (None: :func:`default_resize`); ``resize_mode`` "stretch" instead squeezes the
+    whole image to ``image_size`` squared with ``interpolation`` (what dg-train checkpoints were
+    trained on); ``arrays`` holds the already-preprocessed images of an embedded data set, row
+    ``i`` ↔ ``samples[i]``.
     """
 
     name: str
@@ -51,6 +53,8 @@ class ImageSet:
     class_ids: list[str] = field(default_factory=list)
     resize: int | None = None
     arrays: np.ndarray | None = field(default=None, repr=False)
+    resize_mode: str = "crop"
+    interpolation: str = "bicubic"
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -65,6 +69,8 @@ class ImageSet:
         path = self.samples[i].path
         if path is None:
             raise ImageReadError("no file and no embedded pixels for this sample")
+        if self.resize_mode == "stretch":
+            return stretch_resize(load_image_rgb(path), self.image_size, self.interpolation)
         return eval_preprocess(load_image_rgb(path), self.image_size, self.resize)
 
 

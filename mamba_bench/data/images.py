@@ -199,3 +199,21 @@ def eval_preprocess(img: Image.Image, image_size: int = 224, resize: int | None 
     top = int(round((nh - image_size) / 2.0))
     img = img.crop((left, top, left + image_size, top + image_size))
     return np.array(img, dtype=np.uint8)
+
+
+#: PIL filters by the names checkpoints and specs use for them.
+RESAMPLE = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
+            "lanczos": Image.LANCZOS}
+
+
+def stretch_resize(img: Image.Image, image_size: int, interpolation: str = "bilinear") -> np.ndarray:
+    """The whole image squeezed to ``image_size`` × ``image_size`` (no crop): DomainBed's transform,
+    which ``dg-train`` trains on and evaluates with. Returns uint8 ``image_size x image_size x 3``.
+    """
+    if interpolation not in RESAMPLE:
+        raise ValueError(f"unknown interpolation {interpolation!r}; valid: {', '.join(RESAMPLE)}")
+    if img.mode != "RGB":
+        img = _to_rgb(img)
+    if img.size != (image_size, image_size):
+        img = img.resize((image_size, image_size), RESAMPLE[interpolation])
+    return np.array(img)

@@ -24,7 +24,9 @@ linear warm-up over the first 10 % of steps then cosine to 0, label smoothing 0.
 RandomResizedCrop(scale 0.7-1) + horizontal flip + ColorJitter(0.3, 0.3, 0.3, 0.3) + grayscale
 (p 0.1) for photographs; none for rotated-digits (DomainBed trains its digit sets without
 augmentation, and flips change digits). Images are resized to ``image_size`` squared first
-(DomainBed's eval transform), the random crop is taken from that.
+(stretched, bilinear: DomainBed's eval transform), the random crop is taken from that. The
+checkpoints record that resize (``resize_mode``, ``interpolation``), and ``predict`` / ``corrupt``
+preprocess with it instead of the ImageNet resize + center crop.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ from mamba_bench.errors import MambaBenchError, RunDirError
 from mamba_bench.results.store import atomic_write_bytes, atomic_write_json
 
 CHECKPOINT_KIND = "mamba-bench dg-train checkpoint"
+#: how training (and evaluation) images are brought to ``image_size``: stretched to a square, bilinear
+RESIZE_MODE, INTERPOLATION = "stretch", "bilinear"
 
 
 @dataclass(frozen=True)
@@ -94,15 +98,13 @@ class ImageSource:
     def _one(self, domain: Domain, i: int) -> np.ndarray:
         from PIL import Image
 
-        from mamba_bench.data.images import load_image_rgb
+        from mamba_bench.data.images import load_image_rgb, stretch_resize
 
         if domain.arrays is not None:
             img = Image.fromarray(domain.arrays[i])
         else:
             img = load_image_rgb(domain.paths[i])
-        if img.size != (self.size, self.size):
-            img = img.resize((self.size, self.size), Image.BILINEAR)
-        return np.asarray(img)
+        return stretch_resize(img, self.size, INTERPOLATION)
 
     def batch(self, domain: Domain, idx: np.ndarray) -> torch.Tensor:
         if domain.arrays is not None and domain.arrays.shape[1] == self.size:
@@ -166,7 +168,8 @@ def checkpoint_metadata(cfg: DGTrainConfig, ds: DGDataset, splits: dict, step: i
     return {
         "kind": CHECKPOINT_KIND, "arch": cfg.init, "num_classes": str(len(ds.classes)),
         "classes": json.dumps(ds.classes), "image_size": str(cfg.image_size), "mean": json.dumps(list(mean)),
-        "std": json.dumps(list(std)), "algorithm": cfg.algorithm, "dataset": cfg.dataset,
+        "std": json.dumps(list(std)), "resize_mode": RESIZE_MODE, "interpolation": INTERPOLATION,
+        "algorithm": cfg.algorithm, "dataset": cfg.dataset,
         "test_domain": cfg.test_domain, "seed": str(cfg.seed), "step": str(step), "selection": selection,
         "split": json.dumps(splits), "config": json.dumps(asdict(cfg), default=list),
     }

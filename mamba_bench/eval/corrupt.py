@@ -139,6 +139,32 @@ def load_models(names: Sequence[str], weights: Sequence[str], num_classes: int, 
     return loaded
 
 
+def match_preprocessing(ds: ImageSet, models: list[LoadedModel]) -> dict | None:
+    """Preprocess ``ds`` the way its models were trained when that is not the ImageNet crop.
+
+    Every model sees the same clean pixels (corrupted once per cell), so the models of one run must
+    share their preprocessing: dg-train checkpoints (images stretched to a square) go together, at
+    their common input size; mixing them with center-crop models is an error. Returns the
+    preprocessing for the run's fingerprint (None: the usual ImageNet crop, nothing changed).
+    """
+    stretch = [m for m in models if m.spec.resize_mode == "stretch"]
+    if not stretch:
+        return None
+    if len(stretch) < len(models):
+        crop = next(m for m in models if m.spec.resize_mode != "stretch")
+        raise MambaBenchError(f"{stretch[0].name} was trained on whole images stretched to a square (dg-train) and "
+                              f"{crop.name} on center crops; every model of a run sees the same clean images: "
+                              "run them separately")
+    kinds = sorted({(m.spec.input_size, m.spec.interpolation) for m in stretch})
+    if len(kinds) > 1:
+        raise MambaBenchError("these dg-train checkpoints were trained at different image sizes or interpolations "
+                              f"({', '.join(f'{s} px {i}' for s, i in kinds)}); run them separately")
+    size, interpolation = kinds[0]
+    if ds.arrays is None:  # embedded data are already square at their own size
+        ds.resize_mode, ds.image_size, ds.interpolation = "stretch", size, interpolation
+    return {"resize_mode": "stretch", "image_size": size, "interpolation": interpolation}
+
+
 class _CellImages(torch.utils.data.Dataset):
     """Index k = cell * N + i → image i under the cell's corruption; runs in DataLoader workers."""
 
@@ -279,6 +305,7 @@ def _run_corrupt(cfg: CorruptConfig, workers: int, device: torch.device, dist: D
     ds = open_dataset(cfg.data, per_class=cfg.per_class, seed=cfg.seed, labels=cfg.labels)
     models = load_models(cfg.models, cfg.weights, ds.num_classes, random_init=cfg.random_init,
                          cache_dir=cfg.cache_dir, dataset=ds.name, seed=cfg.seed)
+    preprocess = match_preprocessing(ds, models)
 
     # Only what changes results goes into the fingerprint: never batch size, workers or device.
     result_config = {
@@ -289,6 +316,8 @@ def _run_corrupt(cfg: CorruptConfig, workers: int, device: torch.device, dist: D
         "cells": [[c.name if c else "clean", s] for c, s in cells],
         "baseline": cfg.baseline, "save_predictions": cfg.save_predictions,
     }
+    if preprocess is not None:  # only when not the ImageNet crop, so earlier runs keep their fingerprint
+        result_config["preprocess"] = preprocess
     store = RunStore(cfg.out)
     error = None
     if dist.main:

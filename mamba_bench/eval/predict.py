@@ -34,8 +34,9 @@ def class_names(num_classes: int, weights_path=None) -> list[str]:
 def predict_images(model: str, images: list[str], *, weights: str | None = None, topk: int = 5,
                    device: str = "auto", cache_dir: str | None = None) -> tuple[list[dict], list[str]]:
     """Return (one result per readable image, one error line per unreadable image)."""
-    from mamba_bench.data import eval_preprocess, load_image_rgb
+    from mamba_bench.data import load_image_rgb
     from mamba_bench.data.images import ImageReadError
+    from mamba_bench.models.preprocess import image_for_spec
 
     if topk < 1:
         raise MambaBenchError("--topk must be at least 1")
@@ -48,12 +49,10 @@ def predict_images(model: str, images: list[str], *, weights: str | None = None,
     dev = resolve_device(device)
     net.eval().to(dev)
     names = class_names(spec.num_classes, path)
-    size = spec.input_size
-    resize = max(size, int(round(size / spec.crop_pct)))
     results, errors = [], []
     for image in images:
         try:
-            arr = eval_preprocess(load_image_rgb(image), image_size=size, resize=resize)
+            arr = image_for_spec(load_image_rgb(image), spec)
         except ImageReadError as exc:
             errors.append(f"{image}: {exc}")
             continue

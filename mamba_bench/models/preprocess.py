@@ -8,6 +8,21 @@ import torch.nn.functional as F
 from mamba_bench.models.registry import ModelSpec
 
 
+def image_for_spec(img, spec: ModelSpec):
+    """A decoded RGB PIL image → the uint8 ``input_size`` squared array ``spec`` was trained on.
+
+    ``resize_mode`` "stretch" (dg-train checkpoints): the whole image resized to a square with the
+    spec's interpolation, exactly as in training; "crop": ImageNet eval preprocessing (shorter side
+    to ``input_size / crop_pct``, bicubic, then a center crop).
+    """
+    from mamba_bench.data.images import eval_preprocess, stretch_resize
+
+    size = spec.input_size
+    if spec.resize_mode == "stretch":
+        return stretch_resize(img, size, spec.interpolation)
+    return eval_preprocess(img, image_size=size, resize=max(size, int(round(size / spec.crop_pct))))
+
+
 def to_model_input(batch: torch.Tensor, spec: ModelSpec, device: torch.device) -> torch.Tensor:
     """uint8 NHWC → normalised float NCHW on ``device`` at the model's input size."""
     x = batch.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)

@@ -36,6 +36,9 @@ class ModelSpec:
     std: tuple[float, float, float] = IMAGENET_STD
     interpolation: str = "bicubic"
     crop_pct: float = 0.875
+    #: "crop": shorter side to input_size / crop_pct, then a center crop (ImageNet eval);
+    #: "stretch": the whole image squeezed to input_size squared (what dg-train trains on)
+    resize_mode: str = "crop"
     weights_url: str | None = None
     weights_file: str | None = None
     timm_name: str | None = None
@@ -190,7 +193,8 @@ for _name, _what in (("start-m", "START-M"), ("start-x", "START-X")):
 
 
 def spec_for_weights(spec: ModelSpec, ref: str | None) -> ModelSpec:
-    """The spec a checkpoint implies: a dg-train checkpoint names its architecture, classes and size."""
+    """The spec a checkpoint implies: a dg-train checkpoint names its architecture, classes, size and
+    the resize it was trained with (so evaluation feeds it the pixels training did)."""
     from mamba_bench.errors import CheckpointError
     from mamba_bench.models.weights import checkpoint_metadata
 
@@ -209,9 +213,15 @@ def spec_for_weights(spec: ModelSpec, ref: str | None) -> ModelSpec:
                               + (f" or --model {algorithm}" if algorithm in _REGISTRY else ""))
     if spec.family != "dg" and spec.name != arch.name:
         raise CheckpointError(f"{ref} is a {arch.name} checkpoint (dg-train, {algorithm}); use --model {arch.name}")
+    # the checkpoint's training resize; dg-train always stretched bilinearly, also before it recorded so
+    resize_mode, interpolation = md.get("resize_mode", "stretch"), md.get("interpolation", "bilinear")
+    if resize_mode not in ("stretch", "crop") or interpolation not in ("nearest", "bilinear", "bicubic", "lanczos"):
+        raise CheckpointError(f"{ref}: unknown preprocessing in its metadata (resize_mode {resize_mode!r}, "
+                              f"interpolation {interpolation!r})")
     return replace(arch, name=spec.name, family=arch.family, num_classes=int(md["num_classes"]),
                    input_size=int(md["image_size"]), crop_pct=1.0, mean=tuple(json.loads(md["mean"])),
-                   std=tuple(json.loads(md["std"])), weights_url=None, weights_file=None,
+                   std=tuple(json.loads(md["std"])), resize_mode=resize_mode, interpolation=interpolation,
+                   weights_url=None, weights_file=None,
                    description=f"{arch.name} trained by dg-train ({algorithm}, {md.get('dataset')}, "
                                f"test domain {md.get('test_domain')}, seed {md.get('seed')})")
 
