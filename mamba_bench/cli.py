@@ -670,7 +670,7 @@ def explain(
     scores = res["scores"]
     table = Table(title=f"{model}: ECS / ICS per block, simple vs difficult — {out}")
     for c in ("block", "state", "ECS simple", "ECS difficult", "ICS simple", "ICS difficult"):
-        table.add_column(c, justify="left" if c in ("block", "state") else "right")
+        table.add_column(c, justify="left" if c in ("block", "state") else "right", no_wrap=True)
     wide = scores[scores.group != "all"].pivot_table(index=["index", "block", "state"], columns="group",
                                                       values=["ecs", "ics"], sort=False)
 

@@ -72,8 +72,9 @@ def _check_out(out: Path, marker: str) -> None:
 
 
 def resolve_model(name: str, weights: str | None, ds: ImageSet, *, cache_dir: str | None, seed: int):
-    """The loaded Mamba model; the digits default to the demo's digit-trained vmamba-nano."""
-    from mamba_bench.eval.corrupt import load_models
+    """The loaded Mamba model; the digits default to the demo's digit-trained vmamba-nano. ``ds`` is
+    set to preprocess its images the way the model was trained (dg-train: stretched to a square)."""
+    from mamba_bench.eval.corrupt import load_models, match_preprocessing
     from mamba_bench.models.registry import get_spec, spec_for_weights
 
     spec = spec_for_weights(get_spec(name), weights)
@@ -86,6 +87,7 @@ def resolve_model(name: str, weights: str | None, ds: ImageSet, *, cache_dir: st
         weights = str(demo_weights(name, cache=cache_dir))
     (loaded,) = load_models([name], [weights] if weights else [], ds.num_classes, random_init=False,
                             cache_dir=cache_dir, dataset=ds.name, seed=seed)
+    match_preprocessing(ds, [loaded])
     return loaded
 
 
@@ -126,7 +128,7 @@ def foreground_masks(ds: ImageSet, images: np.ndarray, ids: list[str], masks: st
         if ds.layout == "embedded":
             return images[..., 0] > DIGIT_STROKE
         return None
-    from mamba_bench.data.images import ImageReadError, eval_preprocess, load_image_rgb
+    from mamba_bench.data.images import ImageReadError, load_image_rgb
 
     root = Path(masks).expanduser()
     if not root.is_dir():
@@ -140,7 +142,7 @@ def foreground_masks(ds: ImageSet, images: np.ndarray, ids: list[str], masks: st
             raise MambaBenchError(f"no mask for image {image_id} in {root} (expected {stem}.png); every analysed "
                                   "image needs one, or drop --masks")
         try:
-            arr = eval_preprocess(load_image_rgb(found[0]), ds.image_size, ds.resize)
+            arr = ds.preprocess(load_image_rgb(found[0]))
         except ImageReadError as exc:
             raise MambaBenchError(f"mask {found[0]} cannot be read: {exc}") from None
         if arr.shape[:2] != out.shape[1:]:
@@ -394,6 +396,8 @@ class RepairConfig:
     workers: int | None = None
 
 
+#: Training images per class that the internal loss's class templates are averaged over.
+TEMPLATE_IMAGES = 50
 ARMS = {"ce": (False, False), "ext": (True, False), "int": (False, True), "all": (True, True)}
 
 
@@ -404,9 +408,13 @@ def default_repair_blocks(all_blocks: list[str]) -> list[str]:
     return [b for b in all_blocks if _stage(b) in deep]
 
 
-def class_templates(module, spec, images, labels, blocks, num_classes: int, *, batch_size: int, device):
+def class_templates(module, spec, images, labels, blocks, num_classes: int, *, batch_size: int, device,
+                    per_class: int = TEMPLATE_IMAGES):
     """Per block, the class templates ``î`` (C, D): mean ``i⁺`` of the state x over each class's
-    correctly classified training images (all of its images when none is)."""
+    correctly classified training images (all of its images when none is), from the first
+    ``per_class`` training images of each class."""
+    pick = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(num_classes)])
+    images, labels = images[pick], labels[pick]
     p, pred, _, _, i_pos = _internal_only(module, spec, images, labels, blocks, batch_size, device)
     out = {}
     for b in blocks:
@@ -475,11 +483,12 @@ def finetune_arm(base, spec, images, labels, masks, blocks, templates, arm: str,
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        history.append({"arm": arm, "step": step + 1, "ce": float(ce), "ext": float(ext), "int": float(itn)})
+        history.append({"arm": arm, "step": step + 1, "ce": float(ce.detach()), "ext": float(ext.detach()),
+                        "int": float(itn.detach())})
     return model.eval(), history
 
 
-def _train_set(cfg: RepairConfig, test: ImageSet):
+def _train_set(cfg: RepairConfig, test: ImageSet, base):
     """Training images, labels and masks: the digits' train split, or ``--train-data`` with ``--masks``."""
     from mamba_bench.data import digits_split
 
@@ -494,6 +503,9 @@ def _train_set(cfg: RepairConfig, test: ImageSet):
     ds = open_dataset(cfg.train_data, per_class=cfg.per_class, seed=cfg.seed, labels=cfg.labels)
     if ds.num_classes != test.num_classes:
         raise MambaBenchError(f"--train-data has {ds.num_classes} classes, --data {test.num_classes}")
+    from mamba_bench.eval.corrupt import match_preprocessing
+
+    match_preprocessing(ds, [base])
     from mamba_bench.eval.corrupt import default_workers
 
     x, ids, y = load_images(ds, default_workers() if cfg.workers is None else cfg.workers)
@@ -529,7 +541,7 @@ def run_repair(cfg: RepairConfig, on_arm=None) -> dict:
     module = base.module.to(device)
     blocks = select_blocks(mender.mamba_blocks(module, cfg.model), cfg.blocks) if cfg.blocks \
         else default_repair_blocks(mender.mamba_blocks(module, cfg.model))
-    tr_x, tr_y, tr_m = _train_set(cfg, test)
+    tr_x, tr_y, tr_m = _train_set(cfg, test, base)
     if tr_y.max() >= test.num_classes:
         raise MambaBenchError("training labels exceed the model's classes")
     templates = class_templates(module, spec, tr_x, tr_y, blocks, test.num_classes, batch_size=cfg.batch_size,

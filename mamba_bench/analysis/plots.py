@@ -43,7 +43,9 @@ def plot_flips(clean: np.ndarray, corrupted: np.ndarray, maps_true: np.ndarray, 
                class_names: list[str], path: Path, title: str) -> Path:
     """One row per flipped image: clean, corrupted, map for the true class, map for the predicted class."""
     n = len(labels)
-    fig, axes = plt.subplots(n, 4, figsize=(9, 2.3 * n + 0.6), squeeze=False)
+    height = 2.3 * n + 0.6
+    fig, axes = plt.subplots(n, 4, figsize=(9, height), squeeze=False)
+    fig.subplots_adjust(top=1 - 0.55 / height, bottom=0.01, hspace=0.25, wspace=0.05)
 
     def name(k: int) -> str:
         return class_names[k] if k < len(class_names) else str(k)
@@ -59,5 +61,5 @@ def plot_flips(clean: np.ndarray, corrupted: np.ndarray, maps_true: np.ndarray, 
                 ax.imshow(m, cmap="jet", alpha=0.45, vmin=0, vmax=1)
             ax.set_title(label, fontsize=8)
             ax.axis("off")
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(title, fontsize=9, y=1 - 0.15 / height)
     return save_figure(fig, path)

@@ -69,9 +69,13 @@ class ImageSet:
         path = self.samples[i].path
         if path is None:
             raise ImageReadError("no file and no embedded pixels for this sample")
+        return self.preprocess(load_image_rgb(path))
+
+    def preprocess(self, img) -> np.ndarray:
+        """A decoded RGB image (or a mask that belongs to one) resized and cropped like the samples."""
         if self.resize_mode == "stretch":
-            return stretch_resize(load_image_rgb(path), self.image_size, self.interpolation)
-        return eval_preprocess(load_image_rgb(path), self.image_size, self.resize)
+            return stretch_resize(img, self.image_size, self.interpolation)
+        return eval_preprocess(img, self.image_size, self.resize)
 
 
 def sample_per_class(samples: list[Sample], k: int, seed: int, notes: list[str],
