@@ -595,6 +595,28 @@ def compare(
 
 
 @app.command()
+def materialize(
+    data: Annotated[str, typer.Option(help="ImageNet val dir (any layout `corrupt` reads) or 'digits'.")],
+    out: Annotated[Path, typer.Option(help="Output folder: OUT/<corruption>/<severity>/<image id>.png.")],
+    corruptions: Annotated[list[str] | None, typer.Option(help="'all' (default) or names.")] = None,
+    severities: Annotated[list[str] | None, typer.Option(help="'all' (default) or e.g. 1,3,5.")] = None,
+    per_class: Annotated[int | None, typer.Option(help="Sample K images per class.")] = None,
+    seed: SeedOpt = 0,
+    labels: Annotated[str | None, typer.Option(help="Label file for a flat layout.")] = None,
+    suite: Annotated[str | None, typer.Option(help="Corruption suite TOML (default transforms/imgaug21.toml).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default: cores - 1).")] = None,
+) -> None:
+    """Write the corrupted images once (lossless PNG); `corrupt --data OUT` then reads them, same results."""
+    from mamba_bench.eval.materialize import materialize as run
+
+    m = run(data, out, corruptions=_split(corruptions) or "all", severities=_severities(severities),
+            per_class=per_class, seed=seed, labels=labels, suite=suite, workers=workers)
+    out_console.print(f"{len(m['samples'])} images × {len(m['cells'])} cells (clean included) in {out} "
+                      f"({m['images_written']} written this time, {m['seconds']} s); evaluate with "
+                      f"`mamba-bench corrupt --data {out} --seed {m['seed']} ...`")
+
+
+@app.command()
 def explain(
     model: Annotated[str, typer.Option("--model", "-m", help="A Mamba model: vmamba-*, start-m, start-x.")],
     data: Annotated[str, typer.Option(help="ImageNet-style val dir or 'digits' (evaluated images).")],

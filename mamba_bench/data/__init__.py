@@ -55,6 +55,7 @@ class ImageSet:
     arrays: np.ndarray | None = field(default=None, repr=False)
     resize_mode: str = "crop"
     interpolation: str = "bicubic"
+    materialized: dict | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -69,6 +70,13 @@ class ImageSet:
         path = self.samples[i].path
         if path is None:
             raise ImageReadError("no file and no embedded pixels for this sample")
+        if self.materialized is not None:  # already preprocessed when it was written
+            from mamba_bench.eval.materialize import read_png
+
+            try:
+                return read_png(path)
+            except OSError as exc:
+                raise ImageReadError(f"cannot read the materialized image ({exc})", path) from None
         return self.preprocess(load_image_rgb(path))
 
     def preprocess(self, img) -> np.ndarray:
@@ -143,11 +151,27 @@ def open_dataset(data: str, *, per_class: int | None = None, seed: int = 0, labe
     return ds
 
 
+def _open_materialized(root: Path) -> ImageSet:
+    """A set written by ``mamba-bench materialize``: the samples and classes of its manifest."""
+    from mamba_bench.eval.materialize import read_manifest
+
+    m = read_manifest(root)
+    d = m["data"]
+    samples = [Sample(s["image_id"], int(s["label"]), root / "clean" / "0" / s["file"]) for s in m["samples"]]
+    return ImageSet(f"{d['name']} (materialized)", str(root), "materialized", samples, list(d["class_names"]),
+                    int(d["num_classes"]), int(d["image_size"]), notes=list(d.get("notes", [])),
+                    class_ids=list(d.get("class_ids", [])), resize=d.get("resize"), materialized=m)
+
+
 def _open_directory(data: str, labels: str | None, image_size: int, resize: int | None) -> ImageSet:
     embedded = f"(or use an embedded data set: {', '.join(EMBEDDED_DATASETS)})"
     if not data.strip():
         raise DataLayoutError(f"no data directory given {embedded}")
     root = Path(data).expanduser()
+    from mamba_bench.eval.materialize import MANIFEST
+
+    if (root / MANIFEST).is_file():
+        return _open_materialized(root)
     if not root.exists():
         raise DataLayoutError(f"data directory {data} does not exist {embedded}")
     if not root.is_dir():

@@ -169,8 +169,8 @@ class _CellImages(torch.utils.data.Dataset):
     """Index k = cell * N + i → image i under the cell's corruption; runs in DataLoader workers."""
 
     def __init__(self, images: np.ndarray, ids: list[str], cells: list[tuple[Corruption | None, int]],
-                 seed: int):
-        self.images, self.ids, self.cells, self.seed = images, ids, cells, seed
+                 seed: int, reader=None):
+        self.images, self.ids, self.cells, self.seed, self.reader = images, ids, cells, seed, reader
 
     def __len__(self) -> int:
         return len(self.cells) * len(self.ids)
@@ -180,7 +180,10 @@ class _CellImages(torch.utils.data.Dataset):
         corruption, severity = self.cells[c]
         img = self.images[i]
         if corruption is not None:
-            img = apply_corruption(corruption, severity, img, seed=self.seed, image_id=self.ids[i])
+            if self.reader is not None:  # a materialized set: the corrupted image is on disk
+                img = self.reader(corruption.name, severity, self.ids[i])
+            else:
+                img = apply_corruption(corruption, severity, img, seed=self.seed, image_id=self.ids[i])
         return torch.from_numpy(np.ascontiguousarray(img))
 
 
@@ -209,7 +212,7 @@ def _load_clean(ds: ImageSet, workers: int) -> tuple[np.ndarray, list[int], list
 def iterate_cells(images: np.ndarray, ids: list[str], labels: torch.Tensor,
                   cells: list[tuple[Corruption | None, int]], pending: list[int], models: list[LoadedModel], *,
                   seed: int, batch_size: int, workers: int, device: torch.device, on_batch=None,
-                  shard: tuple[int, int] = (0, 1)):
+                  shard: tuple[int, int] = (0, 1), reader=None):
     """Yield ``(cell index, image positions, {model: per-image arrays})`` for each pending cell, in order.
 
     Each corrupted batch is made once (in DataLoader workers, overlapping with the models' compute)
@@ -225,7 +228,7 @@ def iterate_cells(images: np.ndarray, ids: list[str], labels: torch.Tensor,
         plan.append((j, cell_batches[rank::world]))
     flat = [b for _, mine in plan for b in mine]
     loader = torch.utils.data.DataLoader(
-        _CellImages(images, ids, cells, seed), batch_sampler=flat, num_workers=workers if flat else 0,
+        _CellImages(images, ids, cells, seed, reader), batch_sampler=flat, num_workers=workers if flat else 0,
         collate_fn=torch.stack, pin_memory=device.type == "cuda",
         multiprocessing_context="fork" if workers and flat and os.name == "posix" else None,
     )
@@ -306,6 +309,15 @@ def _run_corrupt(cfg: CorruptConfig, workers: int, device: torch.device, dist: D
     models = load_models(cfg.models, cfg.weights, ds.num_classes, random_init=cfg.random_init,
                          cache_dir=cfg.cache_dir, dataset=ds.name, seed=cfg.seed)
     preprocess = match_preprocessing(ds, models)
+    reader = None
+    if ds.materialized is not None:
+        from mamba_bench.eval.materialize import DiskReader, check_run
+
+        if preprocess is not None:
+            raise MambaBenchError(f"{cfg.data} holds center-cropped images; dg-train checkpoints need the original "
+                                  "images (stretched to a square): evaluate them on the original data")
+        check_run(ds.materialized, cfg.data, cfg.seed, suite.sha256, suite.name, cells)
+        reader = DiskReader(ds.root, {s["image_id"]: s["file"] for s in ds.materialized["samples"]})
 
     # Only what changes results goes into the fingerprint: never batch size, workers or device.
     result_config = {
@@ -367,7 +379,7 @@ def _run_corrupt(cfg: CorruptConfig, workers: int, device: torch.device, dist: D
         for j, positions, per_model in iterate_cells(
                 images, ids, labels, cells, mine, models, seed=cfg.seed, batch_size=cfg.batch_size,
                 workers=workers, device=device, on_batch=lambda k: bar.advance(task, k),
-                shard=(dist.rank, dist.world)):
+                shard=(dist.rank, dist.world), reader=reader):
             if dist.active:
                 write_shard(shard_path(store.parts, key[j], dist.rank, dist.world), positions, per_model)
                 _test_crash_hook(dist.rank)

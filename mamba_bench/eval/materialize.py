@@ -1,0 +1,187 @@
+"""``mamba-bench materialize``: write a corrupted evaluation set to disk once, evaluate from it later.
+
+The RobustBench / ImageNet-C way: ``OUT/<corruption>/<severity>/<image id>.png`` (the clean images
+under ``OUT/clean/0/``), lossless PNG of exactly the pixels that on-the-fly corruption makes (the
+preprocessed image, corrupted with the per-image seed), and ``OUT/materialized.json`` with the data
+set, the suite (name and SHA-256), the seed and every sample. ``mamba-bench corrupt --data OUT``
+then reads the corrupted images instead of making them, with identical results (tested).
+
+A run that stops half-way resumes: each PNG is written to a temporary name and renamed, the
+manifest is written last, and a rerun skips the files that are already there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mamba_bench.corruptions import Corruption, apply_corruption, load_suite
+from mamba_bench.errors import MambaBenchError, RunDirError
+from mamba_bench.results.store import atomic_write_json
+
+MANIFEST = "materialized.json"
+KIND = "mamba-bench materialized corruption set"
+
+
+def cell_dir(corruption: str, severity: int) -> str:
+    return f"{corruption}/{severity}"
+
+
+def image_file(image_id: str) -> str:
+    """The PNG's path under a cell folder: the image id with its suffix replaced by ``.png``."""
+    p = Path(image_id)
+    return str(p.with_suffix(".png")) if p.suffix else f"{image_id}.png"
+
+
+def read_png(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _write_png(path: Path, img: np.ndarray) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
+    Image.fromarray(img).save(tmp, format="PNG", compress_level=1)
+    os.replace(tmp, path)
+
+
+class _Writer(torch.utils.data.Dataset):
+    """Item k = (cell, image): corrupt and write one PNG (in a DataLoader worker); returns 1 if written."""
+
+    def __init__(self, out: Path, images: np.ndarray, ids: list[str], cells: list[tuple[Corruption | None, int]],
+                 seed: int):
+        self.out, self.images, self.ids, self.cells, self.seed = out, images, ids, cells, seed
+
+    def __len__(self) -> int:
+        return len(self.cells) * len(self.ids)
+
+    def __getitem__(self, k: int) -> int:
+        c, i = divmod(k, len(self.ids))
+        corruption, severity = self.cells[c]
+        name = corruption.name if corruption is not None else "clean"
+        path = self.out / cell_dir(name, severity) / image_file(self.ids[i])
+        if path.is_file():
+            return 0
+        img = self.images[i]
+        if corruption is not None:
+            img = apply_corruption(corruption, severity, img, seed=self.seed, image_id=self.ids[i])
+        _write_png(path, img)
+        return 1
+
+
+def materialize(data: str, out: str | os.PathLike, *, corruptions="all", severities="all", per_class: int | None = None,
+                seed: int = 0, labels: str | None = None, suite: str | None = None, workers: int | None = None,
+                on_progress=None) -> dict:
+    """Write the clean and corrupted images of ``data``; returns the manifest."""
+    from mamba_bench.data import open_dataset
+    from mamba_bench.eval.corrupt import _load_clean, default_workers
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    s = load_suite(suite)
+    chosen = s.select(corruptions)
+    cells: list[tuple[Corruption | None, int]] = [(None, 0)]
+    for c in chosen:
+        cells += [(c, sev) for sev in s.severities(c, severities)]
+    ds = open_dataset(data, per_class=per_class, seed=seed, labels=labels)
+    if ds.layout == "materialized":
+        raise MambaBenchError(f"{data} is already a materialized set; materialize the original images")
+    config = {
+        "data": str(Path(data).resolve()) if Path(data).exists() else data, "labels": labels,
+        "per_class": per_class, "seed": seed, "suite": {"name": s.name, "sha256": s.sha256},
+        "cells": [[c.name if c else "clean", sev] for c, sev in cells],
+    }
+    manifest_path = out / MANIFEST
+    if manifest_path.is_file():
+        old = json.loads(manifest_path.read_text())
+        if old.get("config") == config:
+            return old  # already complete
+        raise RunDirError(f"{out} holds another materialized set ({MANIFEST} differs); choose another --out")
+    if out.exists() and any(p for p in out.iterdir() if p.name != ".partial.json"):
+        partial = out / ".partial.json"
+        if not partial.is_file() or json.loads(partial.read_text()) != config:
+            raise RunDirError(f"{out} is not empty and is not an unfinished materialize of the same set; "
+                              "choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / ".partial.json", config)
+    workers = default_workers() if workers is None else workers
+    images, keep, skipped = _load_clean(ds, workers)
+    ids = [ds.samples[i].image_id for i in keep]
+    files = [image_file(i) for i in ids]
+    if len(set(files)) != len(files):
+        dup = next(f for f in files if files.count(f) > 1)
+        raise MambaBenchError(f"two images of {data} would both be written as {dup} (same name, another suffix); "
+                              "rename one of them")
+    writer = _Writer(out, images, ids, cells, seed)
+    loader = torch.utils.data.DataLoader(writer, batch_size=16, num_workers=workers,
+                                         collate_fn=lambda b: sum(b),
+                                         multiprocessing_context="fork" if workers and os.name == "posix" else None)
+    written = 0
+    for k in loader:
+        written += k
+        if on_progress is not None:
+            on_progress(16)
+    manifest = {
+        "kind": KIND, "version": 1, "config": config, "format": "png",
+        "data": {"name": ds.name, "root": ds.root, "layout": ds.layout, "num_classes": ds.num_classes,
+                 "class_names": ds.class_names, "class_ids": ds.class_ids, "image_size": ds.image_size,
+                 "resize": ds.resize, "notes": ds.notes},
+        "suite": {"name": s.name, "path": str(s.path), "sha256": s.sha256},
+        "seed": seed, "cells": config["cells"],
+        "samples": [{"image_id": ids[k], "label": int(ds.samples[i].label), "file": image_file(ids[k])}
+                    for k, i in enumerate(keep)],
+        "skipped": skipped, "images_written": written, "seconds": round(time.perf_counter() - t0, 1),
+    }
+    atomic_write_json(manifest_path, manifest)
+    (out / ".partial.json").unlink(missing_ok=True)
+    return manifest
+
+
+def read_manifest(root: Path) -> dict:
+    try:
+        m = json.loads((root / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise MambaBenchError(f"{root / MANIFEST} cannot be read: {exc}") from None
+    if m.get("kind") != KIND:
+        raise MambaBenchError(f"{root / MANIFEST} is not a mamba-bench materialized set")
+    return m
+
+
+def check_run(manifest: dict, root: str, seed: int, suite_sha: str, suite_name: str,
+              cells: list[tuple[Corruption | None, int]]) -> None:
+    """A corrupt run on a materialized set must ask for what was written, with its seed and suite."""
+    if seed != manifest["seed"]:
+        raise MambaBenchError(f"{root} was materialized with --seed {manifest['seed']}; pass that seed (the "
+                              "corruptions on disk depend on it) or materialize again")
+    if suite_sha != manifest["suite"]["sha256"]:
+        raise MambaBenchError(f"{root} was materialized with suite {manifest['suite']['name']} "
+                              f"({manifest['suite']['path']}), not {suite_name}; pass --suite "
+                              f"{manifest['suite']['path']}")
+    have = {(c, s) for c, s in manifest["cells"]}
+    missing = [f"{c.name} {s}" for c, s in cells if c is not None and (c.name, s) not in have]
+    if missing:
+        raise MambaBenchError(f"{root} holds no {', '.join(missing[:3])}" + (" ..." if len(missing) > 3 else "")
+                              + " (corruption severity); choose --corruptions / --severities it has")
+
+
+class DiskReader:
+    """Reads ``(corruption, severity, image)`` from a materialized set (picklable for workers)."""
+
+    def __init__(self, root: str | Path, files: dict[str, str]):
+        self.root, self.files = Path(root), files
+
+    def __call__(self, corruption: str, severity: int, image_id: str) -> np.ndarray:
+        path = self.root / cell_dir(corruption, severity) / self.files[image_id]
+        try:
+            return read_png(path)
+        except OSError as exc:
+            raise MambaBenchError(f"materialized image {path} cannot be read ({exc}); materialize again") from None
