@@ -76,6 +76,8 @@ def corrupt(
     device: DeviceOpt = "auto",
     workers: Annotated[int | None, typer.Option(help="Corruption worker processes (default: cores - 1).")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the models (GPU runs; compiled "
+                                                          "before the first cell).")] = False,
 ) -> None:
     """Accuracy of each model on clean and corrupted images, every corruption × severity."""
     from mamba_bench.eval.corrupt import CorruptConfig, run_corrupt
@@ -84,7 +86,8 @@ def corrupt(
                         per_class=per_class, seed=seed, corruptions=_split(corruptions) or "all",
                         severities=_severities(severities), suite=suite, baseline=baseline,
                         batch_size=batch_size, device=device, workers=workers,
-                        save_predictions=save_predictions, random_init=random_init, progress=progress)
+                        save_predictions=save_predictions, random_init=random_init, progress=progress,
+                        compile=compile)
     res = run_corrupt(cfg)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 speaks for the run
         _print_run_summary(res.metrics, res.summary, res.out)

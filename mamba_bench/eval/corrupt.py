@@ -64,6 +64,7 @@ class CorruptConfig:
     random_init: bool = False
     cache_dir: str | None = None
     progress: bool = True
+    compile: bool = False
 
 
 @dataclass
@@ -212,7 +213,7 @@ def _load_clean(ds: ImageSet, workers: int) -> tuple[np.ndarray, list[int], list
 def iterate_cells(images: np.ndarray, ids: list[str], labels: torch.Tensor,
                   cells: list[tuple[Corruption | None, int]], pending: list[int], models: list[LoadedModel], *,
                   seed: int, batch_size: int, workers: int, device: torch.device, on_batch=None,
-                  shard: tuple[int, int] = (0, 1), reader=None):
+                  shard: tuple[int, int] = (0, 1), reader=None, backoff: list[dict] | None = None):
     """Yield ``(cell index, image positions, {model: per-image arrays})`` for each pending cell, in order.
 
     Each corrupted batch is made once (in DataLoader workers, overlapping with the models' compute)
@@ -233,6 +234,8 @@ def iterate_cells(images: np.ndarray, ids: list[str], labels: torch.Tensor,
         multiprocessing_context="fork" if workers and flat and os.name == "posix" else None,
     )
     stream = zip(flat, loader, strict=True)
+    limits: dict[str, int] = {}  # model → largest sub-batch that fitted after an out-of-memory
+    backoff = [] if backoff is None else backoff
     with torch.inference_mode():
         for j, mine in plan:
             acc: dict[str, list[dict[str, torch.Tensor]]] = {m.name: [] for m in models}
@@ -243,12 +246,7 @@ def iterate_cells(images: np.ndarray, ids: list[str], labels: torch.Tensor,
                 y = labels[start:start + len(idxs)].to(device)
                 for m in models:
                     x = to_model_input(batch, m.spec, device)
-                    try:
-                        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                            logits = m.module(x)
-                    except torch.OutOfMemoryError:
-                        raise MambaBenchError(f"out of memory running {m.name} at --batch-size {batch_size}; "
-                                              "pass a smaller one (finished cells are kept)") from None
+                    logits = forward_with_backoff(m, x, limits, backoff)
                     acc[m.name].append({k: v.cpu() for k, v in per_image(logits, y).items()})
                 positions += range(start, start + len(idxs))
                 if on_batch is not None:
@@ -256,6 +254,51 @@ def iterate_cells(images: np.ndarray, ids: list[str], labels: torch.Tensor,
             yield j, np.asarray(positions, np.int64), {
                 name: {k: torch.cat([b[k] for b in parts]).numpy() for k in parts[0]} if parts else {}
                 for name, parts in acc.items()}
+
+
+def forward_with_backoff(m: LoadedModel, x: torch.Tensor, limits: dict[str, int], events: list[dict]) -> torch.Tensor:
+    """Logits of ``x``; on out-of-memory the batch is split in halves (and stays split for this model).
+
+    Per-image outputs do not depend on the split (eval mode: no batch statistics), so a back-off
+    changes speed, not results; each one is appended to ``events`` for the manifest.
+    """
+    size = limits.get(m.name, x.shape[0])
+    while True:
+        try:
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
+                if size >= x.shape[0]:
+                    return m.module(x)
+                return torch.cat([m.module(x[a:a + size]) for a in range(0, x.shape[0], size)])
+        except torch.OutOfMemoryError:
+            if size <= 1:
+                raise MambaBenchError(f"out of memory running {m.name} even one image at a time; use a device with "
+                                      "more memory (finished cells are kept)") from None
+            new = max(1, min(size, x.shape[0]) // 2)
+            events.append({"model": m.name, "batch_size": min(size, x.shape[0]), "retried_with": new})
+            limits[m.name] = size = new
+            if x.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+
+def compile_models(models: list[LoadedModel], batch_size: int, device: torch.device) -> None:
+    """``torch.compile`` each model and compile it now, on a batch of the run's shape, so a failure
+    (no C++ compiler, an unsupported op) is one clear error before any cell runs."""
+    for m in models:
+        compiled = torch.compile(m.module)
+        x = torch.zeros(batch_size, 3, m.spec.input_size, m.spec.input_size, device=device)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        try:
+            with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                compiled(x)
+        except torch.OutOfMemoryError:
+            raise MambaBenchError(f"out of memory compiling {m.name} at --batch-size {batch_size}; pass a smaller "
+                                  "one") from None
+        except Exception as exc:  # noqa: BLE001 - whatever the compiler stack raises becomes one line
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise MambaBenchError(f"torch.compile failed for {m.name} ({type(exc).__name__}: {first[:200]}); "
+                                  "run without --compile") from None
+        m.module = compiled
 
 
 def _progress(enabled: bool):
@@ -349,7 +392,7 @@ def _run_corrupt(cfg: CorruptConfig, workers: int, device: torch.device, dist: D
     update = store.update_manifest if dist.main else (lambda **_: None)
     update(
         execution={"batch_size": cfg.batch_size, "workers": workers, "device": str(device),
-                   "amp": device.type == "cuda", "processes": dist.world},
+                   "amp": device.type == "cuda", "processes": dist.world, "compile": cfg.compile},
         data={"name": ds.name, "root": ds.root, "layout": ds.layout, "images": len(ds), "usable": len(keep),
               "num_classes": ds.num_classes, "image_size": ds.image_size, "notes": ds.notes},
         skipped=skipped,
@@ -366,6 +409,9 @@ def _run_corrupt(cfg: CorruptConfig, workers: int, device: torch.device, dist: D
         m.module.to(device)
         if device.type == "cuda":
             m.module.to(memory_format=torch.channels_last)
+    if cfg.compile and pending:
+        compile_models(models, cfg.batch_size, device)
+    backoff: list[dict] = []
 
     n = len(ids)
     t_cells = time.perf_counter()
@@ -379,7 +425,7 @@ def _run_corrupt(cfg: CorruptConfig, workers: int, device: torch.device, dist: D
         for j, positions, per_model in iterate_cells(
                 images, ids, labels, cells, mine, models, seed=cfg.seed, batch_size=cfg.batch_size,
                 workers=workers, device=device, on_batch=lambda k: bar.advance(task, k),
-                shard=(dist.rank, dist.world), reader=reader):
+                shard=(dist.rank, dist.world), reader=reader, backoff=backoff):
             if dist.active:
                 write_shard(shard_path(store.parts, key[j], dist.rank, dist.world), positions, per_model)
                 _test_crash_hook(dist.rank)
@@ -412,6 +458,7 @@ def _run_corrupt(cfg: CorruptConfig, workers: int, device: torch.device, dist: D
     sess = manifest["sessions"][-1]
     if dist.active:
         sess["shards_computed_per_rank"] = computed
+    sess["oom_backoff"] = backoff  # this process's (rank 0's under torchrun) out-of-memory retries
     sess.update({"cells_run": len(pending), "images_per_second": (len(pending) * n / seconds) if pending else None,
                  "seconds_cells": round(seconds, 3), "seconds_total": round(time.perf_counter() - t_start, 3)})
     store.finish(tables=["metrics.parquet", "summary.parquet"] + (["predictions.parquet"] if cfg.save_predictions
