@@ -597,6 +597,19 @@ def compare(
         raise typer.Exit(1)
 
 
+def _print_frame(df, fmt: str) -> bool:
+    """Print a result table as JSON records or Markdown; False for ``table`` (the caller's rich table)."""
+    if fmt == "json":
+        print(df.to_json(orient="records", indent=2))
+        return True
+    if fmt == "markdown":
+        print("| " + " | ".join(map(str, df.columns)) + " |\n|" + "---|" * len(df.columns))
+        for row in df.itertuples(index=False):
+            print("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row) + " |")
+        return True
+    return False
+
+
 @app.command()
 def materialize(
     data: Annotated[str, typer.Option(help="ImageNet val dir (any layout `corrupt` reads) or 'digits'.")],
@@ -649,6 +662,7 @@ def explain(
     arms: Annotated[list[str] | None, typer.Option(help="repair: ce (control), ext, int, all; default all four.")]
     = None,
     repair_steps: Annotated[int, typer.Option(help="repair: fine-tuning steps per arm.")] = 150,
+    repair_batch: Annotated[int, typer.Option(help="repair: training images per step.")] = 32,
     lr: Annotated[float, typer.Option(help="repair: AdamW learning rate.")] = 1e-4,
     lambda_ext: Annotated[float, typer.Option(help="repair: weight of the external loss.")] = 1.0,
     lambda_int: Annotated[float, typer.Option(help="repair: weight of the internal loss.")] = 1.0,
@@ -656,23 +670,30 @@ def explain(
                                                                "(default all, at --severity).")] = None,
     labels: Annotated[str | None, typer.Option(help="Label file for a flat layout.")] = None,
     suite: Annotated[str | None, typer.Option(help="Corruption suite TOML.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Execution knob (default 16 explain, 32 repair).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Execution knob (default 16 explain, 64 repair "
+                                                        "evaluation).")] = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     workers: Annotated[int | None, typer.Option(help="Corruption worker processes (default: cores - 1).")] = None,
+    fmt: FormatOpt = "table",
 ) -> None:
     """Vision Mamba Mender: Grad-ESC/ISC state correlations, ECS/ICS per block, and the repair."""
+    _check_format(fmt)
     if repair:
         from mamba_bench.analysis.explain import RepairConfig, run_repair
 
         cfg = RepairConfig(model=model, data=data, out=str(out), weights=weights, train_data=train_data, masks=masks,
                            labels=labels, per_class=per_class, blocks=_split(blocks) or None,
                            arms=_split(arms) or ["ce", "ext", "int", "all"], steps=repair_steps, lr=lr,
-                           batch_size=batch_size or 32, lambda_ext=lambda_ext, lambda_int=lambda_int,
+                           train_batch=repair_batch, batch_size=batch_size or 64, lambda_ext=lambda_ext,
+                           lambda_int=lambda_int,
                            corruptions=_split(corruptions) or "all", severity=severity, suite=suite, seed=seed,
                            device=device, workers=workers)
-        res = run_repair(cfg, on_arm=lambda a: out_console.print(f"fine-tuning arm [bold]{a}[/] "
-                                                                  f"({repair_steps} steps)"))
+        quiet = fmt != "table"
+        res = run_repair(cfg, on_arm=None if quiet else lambda a: out_console.print(
+            f"fine-tuning arm [bold]{a}[/] ({repair_steps} steps)"))
+        if _print_frame(res["table"], fmt):
+            return
         table = Table(title=f"Mender repair of {model} (blocks {', '.join(res['blocks'])}) — {out}")
         for c in ("arm", "clean top-1", "Δ", "corrupted top-1", "Δ", "ECS", "ICS"):
             table.add_column(c, justify="right")
@@ -693,6 +714,8 @@ def explain(
                         batch_size=batch_size or 16, device=device, workers=workers)
     res = run_explain(cfg)
     scores = res["scores"]
+    if _print_frame(scores, fmt):
+        return
     table = Table(title=f"{model}: ECS / ICS per block, simple vs difficult — {out}")
     for c in ("block", "state", "ECS simple", "ECS difficult", "ICS simple", "ICS difficult"):
         table.add_column(c, justify="left" if c in ("block", "state") else "right", no_wrap=True)

@@ -92,10 +92,14 @@ def test_losses_penalise_outside_the_object_and_template():
     inside = torch.zeros(1, 4, 4)
     inside[:, :2] = 1
     assert float(mender.external_loss(e, inside)) == pytest.approx(0.0)
-    assert float(mender.external_loss(e, 1 - inside)) == pytest.approx(0.5)
+    assert float(mender.external_loss(e, 1 - inside)) == pytest.approx(1.0)
+    # turning the correlation negative is no escape (the literal "e⁺ outside the mask" form would be 0)
+    assert float(mender.external_loss(-e, 1 - inside)) == pytest.approx(1.0)
+    assert float(mender.external_loss(torch.zeros(1, 2, 2), inside)) == pytest.approx(1.0)
     i = torch.tensor([[2.0, 0.0, 1.0, -1.0]])
-    assert float(mender.internal_loss(i, torch.tensor([[1.0, 0.0, 1.0, 0.0]]))) == pytest.approx(0.0)
-    assert float(mender.internal_loss(i, torch.zeros(1, 4))) == pytest.approx(1.5 / 4)
+    assert float(mender.internal_loss(i, torch.tensor([[1.0, 0.0, 1.0, 0.0]]))) == pytest.approx(0.25)
+    assert float(mender.internal_loss(i, torch.zeros(1, 4))) == pytest.approx(1.0)
+    assert float(mender.internal_loss(-i.clamp_min(0), torch.ones(1, 4))) == pytest.approx(1.0)
 
 
 def test_external_loss_trains_the_correlation_onto_the_mask(nano):
@@ -168,10 +172,22 @@ def test_explain_cli_writes_scores_and_flip_views(cli, tmp_path, nano_weights):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["data"]["masks"] == "digit strokes" and (out / "scores.png").stat().st_size > 10_000
     assert ("flips.png" in manifest["plots"]) == (len(flips) > 0)
-    # a finished run is not overwritten
-    again = cli("explain", "--model", "vmamba-nano", "--weights", nano_weights, "--data", "digits",
+    # the report shows the scores table and the plots
+    rep = cli("report", str(out), "--out", str(tmp_path / "report"))
+    assert rep.returncode == 0, rep.stderr
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "Mender scores per block and state" in md and "| layers.3.blocks.0 | s |" in md
+    assert "(plots/ex-scores.png)" in md and f"flipped right → wrong: `{len(flips)}`" in md
+    # the same command again is a no-op that prints the same scores (here as JSON; --batch-size is
+    # an execution knob, not part of the run); other options are refused, never overwritten
+    again = cli("explain", "--model", "vmamba-nano", "--weights", nano_weights, "--data", "digits", "--limit", "24",
+                "--corruption", "invert", "--severity", "3", "--out", str(out), "--workers", "0", "--device", "cpu",
+                "--batch-size", "5", "--format", "json")
+    assert again.returncode == 0, again.stderr
+    assert pd.DataFrame(json.loads(again.stdout)).ecs.tolist() == pytest.approx(scores.ecs.tolist(), nan_ok=True)
+    other = cli("explain", "--model", "vmamba-nano", "--weights", nano_weights, "--data", "digits",
                 "--out", str(out), "--device", "cpu")
-    assert again.returncode == 2 and "already holds" in again.stderr and "Traceback" not in again.stderr
+    assert other.returncode == 2 and "other options" in other.stderr and "Traceback" not in other.stderr
 
 
 def test_explain_refuses_models_without_ssm_states(cli, tmp_path):
@@ -221,7 +237,7 @@ def test_explain_masks_directory(cli, tmp_path):
 def test_repair_cli_runs_every_arm_and_measures_them(cli, tmp_path, nano_weights):
     out = tmp_path / "rep"
     r = cli("explain", "--repair", "--model", "vmamba-nano", "--weights", nano_weights, "--data", "digits",
-            "--per-class", "3", "--repair-steps", "3", "--batch-size", "8", "--corruptions", "invert,fliplr",
+            "--per-class", "3", "--repair-steps", "3", "--repair-batch", "8", "--corruptions", "invert,fliplr",
             "--out", str(out), "--workers", "0", "--device", "cpu")
     assert r.returncode == 0, r.stderr
     table = pd.read_parquet(out / "repair.parquet")
@@ -232,6 +248,10 @@ def test_repair_cli_runs_every_arm_and_measures_them(cli, tmp_path, nano_weights
     assert (hist[hist.arm == "ce"][["ext", "int"]] == 0).all().all()
     assert (hist[hist.arm == "all"].ext > 0).all() and (hist[hist.arm == "all"]["int"] > 0).all()
     assert (out / "repaired-all.safetensors").is_file()
+    rep = cli("report", str(out), "--out", str(tmp_path / "report"))
+    assert rep.returncode == 0, rep.stderr
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "Accuracy before and after the repair" in md and "| all |" in md
     bad = cli("explain", "--repair", "--model", "vmamba-nano", "--weights", nano_weights, "--data", "digits",
               "--arms", "both", "--out", str(tmp_path / "r2"), "--device", "cpu")
     assert bad.returncode == 2 and "unknown --arms" in bad.stderr

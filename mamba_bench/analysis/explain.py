@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -66,9 +67,30 @@ class ExplainConfig:
 # ---------------------------------------------------------------------------------------------- inputs
 
 
-def _check_out(out: Path, marker: str) -> None:
-    if (out / marker).exists():
-        raise RunDirError(f"{out} already holds a finished run ({marker}); choose another --out or delete it")
+#: Options that never change results (execution knobs), left out of a run's identity.
+EXECUTION = ("batch_size", "device", "workers", "cache_dir")
+
+
+def result_config(cfg) -> dict:
+    return {k: v for k, v in asdict(cfg).items() if k not in EXECUTION}
+
+
+def finished_run(out: Path, marker: str, config: dict) -> dict | None:
+    """The manifest of the same finished run in ``out`` (re-running it is a no-op), None if there is
+    none; another run there is an error, never overwritten."""
+    if not (out / marker).exists():
+        if out.exists() and any(out.iterdir()) and not (out / "manifest.json").exists():
+            raise RunDirError(f"{out} is not empty and holds no mamba-bench explain run; choose another --out")
+        return None
+    import json
+
+    try:
+        manifest = json.loads((out / "manifest.json").read_text())
+    except (OSError, ValueError):
+        raise RunDirError(f"{out} holds {marker} without a readable manifest.json; choose another --out") from None
+    if manifest.get("result_config") != json.loads(json.dumps(config, default=str)):
+        raise RunDirError(f"{out} already holds a finished run with other options; choose another --out")
+    return manifest
 
 
 def resolve_model(name: str, weights: str | None, ds: ImageSet, *, cache_dir: str | None, seed: int):
@@ -258,7 +280,12 @@ def run_explain(cfg: ExplainConfig) -> dict:
 
     t0 = time.perf_counter()
     out = Path(cfg.out)
-    _check_out(out, "scores.parquet")
+    done = finished_run(out, "scores.parquet", result_config(cfg))
+    if done is not None:
+        return {"out": out, "scores": pd.read_parquet(out / "scores.parquet"),
+                "samples": pd.read_parquet(out / "samples.parquet"), "flips": pd.read_parquet(out / "flips.parquet"),
+                "plots": [out / p for p in done["plots"]], "masks": done["data"]["masks"] is not None,
+                "resumed": True}
     states = mender.check_states(cfg.states)
     if cfg.view_state not in states:
         raise MambaBenchError(f"--view-state {cfg.view_state} is not one of --states {','.join(states)}")
@@ -324,7 +351,8 @@ def run_explain(cfg: ExplainConfig) -> dict:
     atomic_write_parquet(out / "flips.parquet", flips)
     atomic_write_parquet(out / "scores.parquet", scores)
     manifest = {
-        "command": "explain", "config": asdict(cfg), "model": {"name": loaded.name, "weights": loaded.weights,
+        "command": "explain", "argv": sys.argv, "config": asdict(cfg), "result_config": result_config(cfg),
+        "device": str(device), "model": {"name": loaded.name, "weights": loaded.weights,
                                                                "weights_sha256": loaded.weights_sha256},
         "data": {"name": ds.name, "root": ds.root, "images": len(ids), "notes": ds.notes,
                  "masks": "digit strokes" if cfg.masks is None and masks is not None else cfg.masks},
@@ -333,7 +361,7 @@ def run_explain(cfg: ExplainConfig) -> dict:
     }
     atomic_write_json(out / "manifest.json", manifest)
     return {"out": out, "scores": scores, "samples": samples, "flips": flips, "plots": plots,
-            "masks": masks is not None}
+            "masks": masks is not None, "resumed": False}
 
 
 def _cells(suite_path: str | None, names: list[str], severity: int):
@@ -384,7 +412,7 @@ class RepairConfig:
     arms: list[str] = field(default_factory=lambda: ["ce", "ext", "int", "all"])
     steps: int = 150
     lr: float = 1e-4
-    batch_size: int = 32
+    train_batch: int = 32
     lambda_ext: float = 1.0
     lambda_int: float = 1.0
     corruptions: list[str] | str = "all"
@@ -394,6 +422,7 @@ class RepairConfig:
     device: str = "auto"
     cache_dir: str | None = None
     workers: int | None = None
+    batch_size: int = 64
 
 
 #: Training images per class that the internal loss's class templates are averaged over.
@@ -471,10 +500,10 @@ def finetune_arm(base, spec, images, labels, masks, blocks, templates, arm: str,
     order = torch.randperm(n, generator=gen)
     pos, history = 0, []
     for step in range(cfg.steps):
-        if pos + cfg.batch_size > n:
+        if pos + cfg.train_batch > n:
             order, pos = torch.randperm(n, generator=gen), 0
-        idx = order[pos:pos + cfg.batch_size].numpy()
-        pos += cfg.batch_size
+        idx = order[pos:pos + cfg.train_batch].numpy()
+        pos += cfg.train_batch
         x = to_model_input(torch.from_numpy(images[idx]), spec, device)
         y = torch.from_numpy(labels[idx]).to(device)
         m = torch.from_numpy(masks[idx]).to(device)
@@ -521,11 +550,16 @@ def run_repair(cfg: RepairConfig, on_arm=None) -> dict:
 
     t0 = time.perf_counter()
     out = Path(cfg.out)
-    _check_out(out, "repair.parquet")
+    done = finished_run(out, "repair.parquet", result_config(cfg))
+    if done is not None:
+        return {"out": out, "table": pd.read_parquet(out / "repair.parquet"),
+                "history": pd.read_parquet(out / "history.parquet"), "blocks": done["blocks"],
+                "checkpoint": out / done["checkpoint"], "resumed": True}
     bad = [a for a in cfg.arms if a not in ARMS]
     if bad or not cfg.arms:
         raise MambaBenchError(f"unknown --arms {','.join(bad) or '(none)'}; valid: {', '.join(ARMS)}")
-    for name, v in (("--repair-steps", cfg.steps), ("--batch-size", cfg.batch_size)):
+    for name, v in (("--repair-steps", cfg.steps), ("--repair-batch", cfg.train_batch),
+                    ("--batch-size", cfg.batch_size)):
         if v < 1:
             raise MambaBenchError(f"{name} must be >= 1, not {v}")
     if cfg.lr <= 0 or cfg.lambda_ext < 0 or cfg.lambda_int < 0:
@@ -560,7 +594,7 @@ def run_repair(cfg: RepairConfig, on_arm=None) -> dict:
     rows = {m.name: {"clean": np.nan, "corrupted": []} for m in models}
     labels_t = torch.from_numpy(te_y)
     for j, _, res in iterate_cells(te_x, te_ids, labels_t, cells, list(range(len(cells))), models,
-                                   seed=cfg.seed, batch_size=64, workers=workers, device=device):
+                                   seed=cfg.seed, batch_size=cfg.batch_size, workers=workers, device=device):
         for name, r in res.items():
             top1 = float(np.mean(r["correct"])) * 100
             if cells[j][0] is None:
@@ -587,11 +621,13 @@ def run_repair(cfg: RepairConfig, on_arm=None) -> dict:
     atomic_write_parquet(out / "history.parquet", pd.DataFrame(history))
     atomic_write_parquet(out / "repair.parquet", df)
     atomic_write_json(out / "manifest.json", {
-        "command": "explain --repair", "config": asdict(cfg), "blocks": blocks,
+        "command": "explain --repair", "argv": sys.argv, "config": asdict(cfg), "result_config": result_config(cfg),
+        "device": str(device), "blocks": blocks,
         "cells": [[c.name if c else "clean", s] for c, s in cells], "test_images": len(te_y),
         "train_images": len(tr_y), "checkpoint": ckpt.name, "seconds": round(time.perf_counter() - t0, 1),
         "environment": environment(), "git_commit": git_commit()})
-    return {"out": out, "table": df, "history": pd.DataFrame(history), "blocks": blocks, "checkpoint": ckpt}
+    return {"out": out, "table": df, "history": pd.DataFrame(history), "blocks": blocks, "checkpoint": ckpt,
+            "resumed": False}
 
 
 def _repair_scores(module, spec, images, labels, masks, blocks, device, limit: int = 200):

@@ -139,6 +139,39 @@ def _finetune_section(doc: _Doc, run: Run, out: Path) -> None:
         _copy(path, out / "plots" / f"{run.name}-{name}")
 
 
+def _explain_section(doc: _Doc, run: Run, out: Path) -> None:
+    man = run.manifest
+    cfg = man.get("config", {})
+    doc.meta([("path", run.path), ("model", man.get("model", {}).get("name")),
+              ("weights", man.get("model", {}).get("weights")), ("data", man.get("data", {}).get("root")),
+              ("images", man.get("data", {}).get("images")), ("masks", man.get("data", {}).get("masks")),
+              ("corruption", f"{cfg.get('corruption')} severity {cfg.get('severity')}" if cfg.get("corruption")
+               else "none (clean images)"), ("flipped right → wrong", man.get("flipped"))])
+    sc = run.tables["scores"]
+    wide = sc[sc.group != "all"].pivot_table(index=["index", "block", "state"], columns="group",
+                                             values=["ecs", "ics"], sort=False)
+    wide.columns = [f"{m.upper()} {g}" for m, g in wide.columns]
+    wide = wide.reset_index().drop(columns="index")
+    doc.heading(3, "Mender scores per block and state (simple vs difficult images)")
+    doc.table(wide[["block", "state"] + [c for c in ("ECS simple", "ECS difficult", "ICS simple", "ICS difficult")
+                                         if c in wide.columns]], "{:.4f}")
+    for pname, path in run.plots.items():
+        doc.image(path, f"{run.name}: {pname}", f"plots/{run.name}-{pname}")
+        _copy(path, out / "plots" / f"{run.name}-{pname}")
+
+
+def _repair_section(doc: _Doc, run: Run, out: Path) -> None:
+    man = run.manifest
+    cfg = man.get("config", {})
+    doc.meta([("path", run.path), ("model", cfg.get("model")), ("repaired blocks", ", ".join(man.get("blocks", []))),
+              ("steps per arm", cfg.get("steps")), ("test images", man.get("test_images")),
+              ("corrupted cells", len(man.get("cells", [])) - 1)])
+    df = run.tables["repair"]
+    doc.heading(3, "Accuracy before and after the repair")
+    doc.table(df[["arm", "clean_top1", "clean_change", "corrupted_top1", "corrupted_change", "ecs", "ics"]],
+              "{:.3f}")
+
+
 def _copy(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, dst)
@@ -164,7 +197,8 @@ def write_report(run_dirs: list[Path], out: Path, title: str = "mamba-bench repo
     index = []
     for run in runs:
         doc.heading(2, f"{run.name} — {run.kind}")
-        {"corrupt": _corrupt_section, "dg": _dg_section, "finetune": _finetune_section}[run.kind](doc, run, out)
+        {"corrupt": _corrupt_section, "dg": _dg_section, "finetune": _finetune_section,
+         "explain": _explain_section, "repair": _repair_section}[run.kind](doc, run, out)
         index.append({"name": run.name, "kind": run.kind, "path": str(run.path)})
         if run.kind == "corrupt":
             dst = out / "data" / run.name

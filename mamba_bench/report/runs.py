@@ -1,4 +1,4 @@
-"""Reading run directories of every kind (corrupt, dg-train, finetune) and report directories.
+"""Reading run directories of every kind (corrupt, dg-train, finetune, explain) and report directories.
 
 A report directory (written by ``mamba-bench report``) keeps a copy of each corruption run's tables
 under ``data/<run>/`` so that it can serve as the baseline of ``mamba-bench compare`` later, after
@@ -20,7 +20,7 @@ from mamba_bench.errors import MambaBenchError
 class Run:
     name: str
     path: Path
-    kind: str                      # corrupt | dg | finetune
+    kind: str                      # corrupt | dg | finetune | explain | repair
     manifest: dict = field(default_factory=dict)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     plots: dict[str, Path] = field(default_factory=dict)
@@ -52,6 +52,8 @@ def load_run(path: Path, name: str | None = None) -> Run:
         raise MambaBenchError(f"{path} is not a directory")
     if (path / "manifest.json").exists():
         man = _json(path / "manifest.json")
+        if man.get("command") in ("explain", "explain --repair"):
+            return _explain_run(path, name, man)
         if man.get("kind") != "corrupt":
             raise MambaBenchError(f"{path}/manifest.json is not a mamba-bench corrupt manifest")
         if man.get("status") != "complete":
@@ -82,6 +84,15 @@ def load_run(path: Path, name: str | None = None) -> Run:
         plots = {"finetune.png": path / "finetune.png"} if (path / "finetune.png").exists() else {}
         return Run(name, path, "finetune", {}, {"finetune": df}, plots)
     raise MambaBenchError(f"{path} is not a mamba-bench run (no manifest.json, dg_run.json or finetune metrics)")
+
+
+def _explain_run(path: Path, name: str, man: dict) -> Run:
+    """An ``explain`` run (Mender scores, flip views) or an ``explain --repair`` run."""
+    if man["command"] == "explain":
+        tables = {"scores": _parquet(path / "scores.parquet")}
+        plots = {p: path / p for p in man.get("plots", []) if (path / p).exists()}
+        return Run(name, path, "explain", man, tables, plots)
+    return Run(name, path, "repair", man, {"repair": _parquet(path / "repair.parquet")}, {})
 
 
 def load_side(path: Path) -> list[Run]:
