@@ -94,7 +94,7 @@ def test_bench_corrupt_reports_every_corruption(cli, tmp_path):
     data = json.loads((tmp_path / "bench_corrupt.json").read_text())
     assert len(data["ms_per_image"]) == 20 and all(v > 0 for v in data["ms_per_image"].values())
     p = data["pipeline"]
-    assert p["cells"] == 20 and 0 < p["ratio"] < 10
+    assert p["cells"] == 20 and 0 < p["ratio"] < 10 and 0 < p["from_disk_ratio"] < 10
     assert p["model_only_combined_ips"] < min(p["model_only_ips"].values())
 
 

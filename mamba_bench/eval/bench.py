@@ -108,12 +108,15 @@ def bench_corrupt(*, models: list[str], images: int = 16, severity: int = 3, rep
         pass
     sync()
     e2e = len(cells) * len(ids) / (time.perf_counter() - t)
+    disk = _from_disk_ips(photos, ids, labels, cells, loaded, batch_size=batch_size, workers=workers, dev=dev,
+                          sync=sync)
     res = {
         "ms_per_image": ms,
         "pipeline": {
             "models": models, "cells": len(cells), "images": len(ids), "batch_size": batch_size,
             "workers": workers, "device": str(dev), "model_only_ips": model_only,
             "model_only_combined_ips": combined, "end_to_end_ips": e2e, "ratio": e2e / combined,
+            "from_disk_ips": disk, "from_disk_ratio": disk / combined,
         },
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "processor": platform.processor(), **environment()},
@@ -121,3 +124,25 @@ def bench_corrupt(*, models: list[str], images: int = 16, severity: int = 3, rep
     if out is not None:
         atomic_write_json(Path(out) / "bench_corrupt.json", res)
     return res
+
+
+def _from_disk_ips(photos, ids, labels, cells, loaded, *, batch_size, workers, dev, sync) -> float:
+    """End-to-end images/s when the corrupted images come from a materialized set (PNG reads)."""
+    import tempfile
+
+    from mamba_bench.eval.materialize import DiskReader, _write_png, cell_dir, image_file
+
+    with tempfile.TemporaryDirectory(prefix="mamba-bench-disk-") as d:
+        root = Path(d)
+        for c, sev in cells:  # written untimed, as `materialize` would have done once
+            for img, iid in zip(photos, ids, strict=True):
+                _write_png(root / cell_dir(c.name, sev) / image_file(iid),
+                           apply_corruption(c, sev, img, seed=0, image_id=iid))
+        reader = DiskReader(root, {iid: image_file(iid) for iid in ids})
+        sync()
+        t = time.perf_counter()
+        for _ in iterate_cells(photos, ids, labels, cells, list(range(len(cells))), loaded, seed=0,
+                               batch_size=batch_size, workers=workers, device=dev, reader=reader):
+            pass
+        sync()
+        return len(cells) * len(ids) / (time.perf_counter() - t)
