@@ -103,9 +103,7 @@ def _corrupt_section(doc: _Doc, run: Run, out: Path) -> None:
         else:
             doc.heading(3, "Mean corrupted top-1 (%) (no --baseline: no mCE)")
             doc.table(agg[["model", "mean_top1"]])
-    for name, path in run.plots.items():
-        doc.image(path, f"{run.name}: {name}", f"plots/{run.name}-{name}")
-        _copy(path, out / "plots" / f"{run.name}-{name}")
+    _plots(doc, run, out)
 
 
 def _dg_section(doc: _Doc, run: Run, out: Path) -> None:
@@ -123,9 +121,7 @@ def _dg_section(doc: _Doc, run: Run, out: Path) -> None:
         doc.table(g.rename(columns={"delta": "Δ", "feat": "Feat."}), "{:.3f}")
     if man.get("pending"):
         doc.para("In progress, not in the tables: " + ", ".join(man["pending"]))
-    for name, path in run.plots.items():
-        doc.image(path, f"{run.name}: {name}", f"plots/{run.name}-{name}")
-        _copy(path, out / "plots" / f"{run.name}-{name}")
+    _plots(doc, run, out)
 
 
 def _finetune_section(doc: _Doc, run: Run, out: Path) -> None:
@@ -134,9 +130,7 @@ def _finetune_section(doc: _Doc, run: Run, out: Path) -> None:
     last = df.sort_values("step").groupby("mode", sort=False).tail(1)
     doc.heading(3, "Final evaluation per regime")
     doc.table(last[["mode", "step", "dice", "iou", "val_loss", "sec_per_iter", "trainable_params"]], "{:.3f}")
-    for name, path in run.plots.items():
-        doc.image(path, f"{run.name}: {name}", f"plots/{run.name}-{name}")
-        _copy(path, out / "plots" / f"{run.name}-{name}")
+    _plots(doc, run, out)
 
 
 def _explain_section(doc: _Doc, run: Run, out: Path) -> None:
@@ -155,9 +149,7 @@ def _explain_section(doc: _Doc, run: Run, out: Path) -> None:
     doc.heading(3, "Mender scores per block and state (simple vs difficult images)")
     doc.table(wide[["block", "state"] + [c for c in ("ECS simple", "ECS difficult", "ICS simple", "ICS difficult")
                                          if c in wide.columns]], "{:.4f}")
-    for pname, path in run.plots.items():
-        doc.image(path, f"{run.name}: {pname}", f"plots/{run.name}-{pname}")
-        _copy(path, out / "plots" / f"{run.name}-{pname}")
+    _plots(doc, run, out)
 
 
 def _repair_section(doc: _Doc, run: Run, out: Path) -> None:
@@ -170,6 +162,13 @@ def _repair_section(doc: _Doc, run: Run, out: Path) -> None:
     doc.heading(3, "Accuracy before and after the repair")
     doc.table(df[["arm", "clean_top1", "clean_change", "corrupted_top1", "corrupted_change", "ecs", "ics"]],
               "{:.3f}")
+
+
+def _plots(doc: _Doc, run: Run, out: Path) -> None:
+    """Embed the run's plots and keep copies under ``out/plots``."""
+    for name, path in run.plots.items():
+        doc.image(path, f"{run.name}: {name}", f"plots/{run.name}-{name}")
+        _copy(path, out / "plots" / f"{run.name}-{name}")
 
 
 def _copy(src: Path, dst: Path) -> None:
