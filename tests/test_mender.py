@@ -190,6 +190,22 @@ def test_explain_cli_writes_scores_and_flip_views(cli, tmp_path, nano_weights):
     assert other.returncode == 2 and "other options" in other.stderr and "Traceback" not in other.stderr
 
 
+def test_out_directory_rules(tmp_path):
+    """Another run's files are never overwritten; an interrupted explain (its own files only) is redone."""
+    from mamba_bench.analysis.explain import finished_run
+    from mamba_bench.errors import RunDirError
+
+    out = tmp_path / "o"
+    assert finished_run(out, "scores.parquet", {"a": 1}) is None
+    out.mkdir()
+    (out / "scores.png").write_bytes(b"x")
+    (out / ".scores.parquet.tmp12").write_bytes(b"x")
+    assert finished_run(out, "scores.parquet", {"a": 1}) is None
+    (out / "metrics.parquet").write_bytes(b"x")
+    with pytest.raises(RunDirError, match="metrics.parquet"):
+        finished_run(out, "scores.parquet", {"a": 1})
+
+
 def test_explain_refuses_models_without_ssm_states(cli, tmp_path):
     r = cli("explain", "--model", "swin-nano", "--data", "digits", "--out", str(tmp_path / "x"), "--device", "cpu")
     assert r.returncode == 2 and "no selective-scan" in r.stderr

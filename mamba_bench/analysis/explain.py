@@ -75,12 +75,21 @@ def result_config(cfg) -> dict:
     return {k: v for k, v in asdict(cfg).items() if k not in EXECUTION}
 
 
+OUTPUTS = {"manifest.json", "scores.parquet", "samples.parquet", "flips.parquet", "scores.png", "flips.png",
+           "repair.parquet", "history.parquet"}
+
+
+def _ours(name: str) -> bool:
+    return name in OUTPUTS or name.startswith(".") or (name.startswith("repaired-") and name.endswith(".safetensors"))
+
+
 def finished_run(out: Path, marker: str, config: dict) -> dict | None:
     """The manifest of the same finished run in ``out`` (re-running it is a no-op), None if there is
     none; another run there is an error, never overwritten."""
     if not (out / marker).exists():
-        if out.exists() and any(out.iterdir()) and not (out / "manifest.json").exists():
-            raise RunDirError(f"{out} is not empty and holds no mamba-bench explain run; choose another --out")
+        foreign = [p.name for p in out.iterdir() if not _ours(p.name)] if out.is_dir() else []
+        if foreign:  # an interrupted run of ours leaves only its own files: those are simply rewritten
+            raise RunDirError(f"{out} holds {foreign[0]}, not an explain run; choose another --out")
         return None
     import json
 
