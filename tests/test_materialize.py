@@ -65,6 +65,8 @@ def test_materialized_set_refuses_what_it_does_not_hold(mat, cli, tmp_path):
     assert r.returncode == 2 and "--seed 5" in r.stderr and "Traceback" not in r.stderr
     r = cli(*base, "--seed", "5", "--corruptions", "affine", "--severities", "5", "--out", str(tmp_path / "b"))
     assert r.returncode == 2 and "holds no affine 5" in r.stderr
+    r = cli(*base, "--seed", "5", "--corruptions", "invert", "--per-class", "1", "--out", str(tmp_path / "c"))
+    assert r.returncode == 2 and "materialized with --per-class 2" in r.stderr
     r = cli("materialize", "--data", "digits", "--per-class", "1", "--out", str(out))
     assert r.returncode == 2 and "another materialized set" in r.stderr
 

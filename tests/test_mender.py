@@ -196,14 +196,22 @@ def test_out_directory_rules(tmp_path):
     from mamba_bench.errors import RunDirError
 
     out = tmp_path / "o"
-    assert finished_run(out, "scores.parquet", {"a": 1}) is None
+    assert finished_run(out, "explain", {"a": 1}) is None
     out.mkdir()
     (out / "scores.png").write_bytes(b"x")
     (out / ".scores.parquet.tmp12").write_bytes(b"x")
-    assert finished_run(out, "scores.parquet", {"a": 1}) is None
+    (out / "manifest.json").write_text(json.dumps({"command": "explain", "result_config": {"a": 1}}))
+    assert finished_run(out, "explain", {"a": 1}) is None  # no marker yet: interrupted, redone
+    with pytest.raises(RunDirError, match="holds a explain run"):
+        finished_run(out, "explain --repair", {"a": 1})  # a repair never overwrites an explain run
+    (out / "scores.parquet").write_bytes(b"x")
+    assert finished_run(out, "explain", {"a": 1})["command"] == "explain"
+    with pytest.raises(RunDirError, match="other options"):
+        finished_run(out, "explain", {"a": 2})
+    (out / "scores.parquet").unlink()
     (out / "metrics.parquet").write_bytes(b"x")
     with pytest.raises(RunDirError, match="metrics.parquet"):
-        finished_run(out, "scores.parquet", {"a": 1})
+        finished_run(out, "explain", {"a": 1})
 
 
 def test_explain_refuses_models_without_ssm_states(cli, tmp_path):
@@ -239,6 +247,8 @@ def test_explain_masks_directory(cli, tmp_path):
             str(masks), "--device", "cpu", "--workers", "0"]
     r = cli(*args, "--out", str(tmp_path / "o1"))
     assert r.returncode == 2 and "no mask for image a/1.png" in r.stderr
+    bad = cli(*args, "--out", str(tmp_path / "o0"), "--corruption", "invert,fliplr")
+    assert bad.returncode == 2 and "one corruption name" in bad.stderr
     for name in ("a/1.png", "b/0.png", "b/1.png"):
         (masks / name).parent.mkdir(exist_ok=True)
         Image.fromarray(m).save(masks / name)
@@ -271,3 +281,32 @@ def test_repair_cli_runs_every_arm_and_measures_them(cli, tmp_path, nano_weights
     bad = cli("explain", "--repair", "--model", "vmamba-nano", "--weights", nano_weights, "--data", "digits",
               "--arms", "both", "--out", str(tmp_path / "r2"), "--device", "cpu")
     assert bad.returncode == 2 and "unknown --arms" in bad.stderr
+
+
+def test_mask_of_an_image_with_dots_in_its_name(tmp_path):
+    """img.2.jpg's mask is img.2.png, never img.png (another image's)."""
+    from PIL import Image
+
+    from mamba_bench.analysis.explain import foreground_masks, load_images
+
+    data, masks = tmp_path / "val", tmp_path / "masks"
+    for d in (data / "a", data / "b", masks / "a"):
+        d.mkdir(parents=True)
+    Image.fromarray(np.full((40, 40, 3), 100, np.uint8)).save(data / "a" / "img.2.jpg")
+    Image.fromarray(np.full((40, 40, 3), 100, np.uint8)).save(data / "b" / "x.png")
+    half = np.zeros((40, 40), np.uint8)
+    half[:, :20] = 255
+    Image.fromarray(half).save(masks / "a" / "img.2.png")
+    Image.fromarray(np.full((40, 40), 255, np.uint8)).save(masks / "a" / "img.png")  # the decoy
+    (masks / "b").mkdir()
+    Image.fromarray(half).save(masks / "b" / "x.png")
+    ds = open_dataset_for(str(data))
+    images, ids, _ = load_images(ds, 0)
+    m = foreground_masks(ds, images, ids, str(masks))
+    assert ids[0] == "a/img.2.jpg" and 0.4 < m[0].mean() < 0.6  # the half mask, not the full decoy
+
+
+def open_dataset_for(path: str):
+    from mamba_bench.data import open_dataset
+
+    return open_dataset(path, image_size=32)

@@ -68,35 +68,44 @@ class ExplainConfig:
 
 
 #: Options that never change results (execution knobs), left out of a run's identity.
-EXECUTION = ("batch_size", "device", "workers", "cache_dir")
+EXECUTION = ("batch_size", "device", "workers", "cache_dir", "out")
 
 
 def result_config(cfg) -> dict:
     return {k: v for k, v in asdict(cfg).items() if k not in EXECUTION}
 
 
-OUTPUTS = {"manifest.json", "scores.parquet", "samples.parquet", "flips.parquet", "scores.png", "flips.png",
-           "repair.parquet", "history.parquet"}
+#: Each command's own files (the marker, written last, is the first): an interrupted run leaves
+#: only these, and rerunning the command redoes it.
+OUTPUTS = {"explain": ("scores.parquet", "manifest.json", "samples.parquet", "flips.parquet", "scores.png",
+                       "flips.png"),
+           "explain --repair": ("repair.parquet", "manifest.json", "history.parquet")}
 
 
-def _ours(name: str) -> bool:
-    return name in OUTPUTS or name.startswith(".") or (name.startswith("repaired-") and name.endswith(".safetensors"))
+def _ours(name: str, command: str) -> bool:
+    return name in OUTPUTS[command] or name.startswith(".") or (
+        command == "explain --repair" and name.startswith("repaired-") and name.endswith(".safetensors"))
 
 
-def finished_run(out: Path, marker: str, config: dict) -> dict | None:
+def finished_run(out: Path, command: str, config: dict) -> dict | None:
     """The manifest of the same finished run in ``out`` (re-running it is a no-op), None if there is
     none; another run there is an error, never overwritten."""
-    if not (out / marker).exists():
-        foreign = [p.name for p in out.iterdir() if not _ours(p.name)] if out.is_dir() else []
-        if foreign:  # an interrupted run of ours leaves only its own files: those are simply rewritten
-            raise RunDirError(f"{out} holds {foreign[0]}, not an explain run; choose another --out")
-        return None
     import json
 
-    try:
-        manifest = json.loads((out / "manifest.json").read_text())
-    except (OSError, ValueError):
-        raise RunDirError(f"{out} holds {marker} without a readable manifest.json; choose another --out") from None
+    marker = OUTPUTS[command][0]
+    manifest = None
+    if (out / "manifest.json").is_file():
+        try:
+            manifest = json.loads((out / "manifest.json").read_text())
+        except (OSError, ValueError):
+            manifest = None
+        if manifest is not None and manifest.get("command") != command:
+            raise RunDirError(f"{out} holds a {manifest.get('command') or 'different'} run; choose another --out")
+    if not (out / marker).exists() or manifest is None:
+        foreign = [p.name for p in out.iterdir() if not _ours(p.name, command)] if out.is_dir() else []
+        if foreign:  # an interrupted run of ours leaves only its own files: those are simply rewritten
+            raise RunDirError(f"{out} holds {foreign[0]}, not an {command} run; choose another --out")
+        return None
     if manifest.get("result_config") != json.loads(json.dumps(config, default=str)):
         raise RunDirError(f"{out} already holds a finished run with other options; choose another --out")
     return manifest
@@ -105,21 +114,35 @@ def finished_run(out: Path, marker: str, config: dict) -> dict | None:
 def resolve_model(name: str, weights: str | None, ds: ImageSet, *, cache_dir: str | None, seed: int):
     """The loaded Mamba model; the digits default to the demo's digit-trained vmamba-nano. ``ds`` is
     set to preprocess its images the way the model was trained (dg-train: stretched to a square)."""
-    from mamba_bench.eval.corrupt import load_models, match_preprocessing
+    from mamba_bench.eval.corrupt import load_models
     from mamba_bench.models.registry import get_spec, spec_for_weights
 
     spec = spec_for_weights(get_spec(name), weights)
     if spec.family != "vmamba":
         raise MambaBenchError(f"{name} has no selective-scan (Mamba) blocks: Mender's state correlations need a "
                               "Mamba model (vmamba-*, start-m, start-x); Swin and ConvNeXt have no SSM states")
-    if weights is None and ds.layout == "embedded" and name == "vmamba-nano":
+    if weights is None and _embedded(ds) and name == "vmamba-nano":
         from mamba_bench.demo import demo_weights
 
         weights = str(demo_weights(name, cache=cache_dir))
     (loaded,) = load_models([name], [weights] if weights else [], ds.num_classes, random_init=False,
                             cache_dir=cache_dir, dataset=ds.name, seed=seed)
-    match_preprocessing(ds, [loaded])
+    _match(ds, loaded)
     return loaded
+
+
+def _embedded(ds: ImageSet) -> bool:
+    """The embedded digits, also once materialized (their masks are the strokes)."""
+    return ds.layout == "embedded" or (ds.materialized is not None
+                                       and ds.materialized["data"].get("layout") == "embedded")
+
+
+def _match(ds: ImageSet, loaded) -> None:
+    from mamba_bench.eval.corrupt import match_preprocessing
+
+    if match_preprocessing(ds, [loaded]) is not None and ds.materialized is not None:
+        raise MambaBenchError(f"{ds.root} holds center-cropped images; {loaded.name} (dg-train) needs the original "
+                              "images, stretched to a square: use the original data")
 
 
 def select_blocks(all_blocks: list[str], wanted: list[str] | None) -> list[str]:
@@ -156,7 +179,7 @@ def foreground_masks(ds: ImageSet, images: np.ndarray, ids: list[str], masks: st
     foreground. Masks describe the clean image (a geometric corruption moves the object, not them).
     """
     if masks is None:
-        if ds.layout == "embedded":
+        if _embedded(ds):
             return images[..., 0] > DIGIT_STROKE
         return None
     from mamba_bench.data.images import ImageReadError, load_image_rgb
@@ -166,9 +189,10 @@ def foreground_masks(ds: ImageSet, images: np.ndarray, ids: list[str], masks: st
         raise MambaBenchError(f"--masks {masks} is not a directory")
     out = np.zeros(images.shape[:3], bool)
     for k, image_id in enumerate(ids):
-        stem = root / Path(image_id).with_suffix("")
-        found = [stem.with_suffix(s) for s in (".png", ".PNG", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-                 if stem.with_suffix(s).is_file()]
+        rel = Path(image_id)
+        stem = root / rel.parent / rel.stem  # only the last suffix goes: img.2.jpg → img.2.png
+        found = [stem.parent / (stem.name + s) for s in (".png", ".PNG", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+                 if (stem.parent / (stem.name + s)).is_file()]
         if not found:
             raise MambaBenchError(f"no mask for image {image_id} in {root} (expected {stem}.png); every analysed "
                                   "image needs one, or drop --masks")
@@ -289,7 +313,7 @@ def run_explain(cfg: ExplainConfig) -> dict:
 
     t0 = time.perf_counter()
     out = Path(cfg.out)
-    done = finished_run(out, "scores.parquet", result_config(cfg))
+    done = finished_run(out, "explain", result_config(cfg))
     if done is not None:
         return {"out": out, "scores": pd.read_parquet(out / "scores.parquet"),
                 "samples": pd.read_parquet(out / "samples.parquet"), "flips": pd.read_parquet(out / "flips.parquet"),
@@ -305,6 +329,8 @@ def run_explain(cfg: ExplainConfig) -> dict:
     if cfg.batch_size < 1:
         raise MambaBenchError(f"--batch-size must be >= 1, not {cfg.batch_size}")
     cells = _cells(cfg.suite, [cfg.corruption] if cfg.corruption else [], cfg.severity)
+    if len(cells) > 1:
+        raise MambaBenchError(f"--corruption takes one corruption name, not {cfg.corruption!r}")
     device = resolve_device(cfg.device)
     workers = default_workers() if cfg.workers is None else cfg.workers
     ds = open_dataset(cfg.data, per_class=cfg.per_class, seed=cfg.seed, labels=cfg.labels)
@@ -358,7 +384,6 @@ def run_explain(cfg: ExplainConfig) -> dict:
                                     f"state {cfg.view_state} in {view_block}"))
     atomic_write_parquet(out / "samples.parquet", samples)
     atomic_write_parquet(out / "flips.parquet", flips)
-    atomic_write_parquet(out / "scores.parquet", scores)
     manifest = {
         "command": "explain", "argv": sys.argv, "config": asdict(cfg), "result_config": result_config(cfg),
         "device": str(device), "model": {"name": loaded.name, "weights": loaded.weights,
@@ -369,6 +394,7 @@ def run_explain(cfg: ExplainConfig) -> dict:
         "seconds": round(time.perf_counter() - t0, 1), "environment": environment(), "git_commit": git_commit(),
     }
     atomic_write_json(out / "manifest.json", manifest)
+    atomic_write_parquet(out / "scores.parquet", scores)  # the marker of a finished run: last
     return {"out": out, "scores": scores, "samples": samples, "flips": flips, "plots": plots,
             "masks": masks is not None, "resumed": False}
 
@@ -531,7 +557,7 @@ def _train_set(cfg: RepairConfig, test: ImageSet, base):
     from mamba_bench.data import digits_split
 
     if cfg.train_data is None:
-        if test.layout != "embedded":
+        if not _embedded(test):
             raise MambaBenchError("--repair on a directory needs --train-data DIR (and --masks for its images); "
                                   "the repair fine-tunes on training images, never on the evaluated ones")
         x, y, ids = digits_split("train")
@@ -539,11 +565,10 @@ def _train_set(cfg: RepairConfig, test: ImageSet, base):
     if cfg.masks is None:
         raise MambaBenchError("--repair with --train-data needs --masks DIR: the external loss uses foreground masks")
     ds = open_dataset(cfg.train_data, per_class=cfg.per_class, seed=cfg.seed, labels=cfg.labels)
-    if ds.num_classes != test.num_classes:
-        raise MambaBenchError(f"--train-data has {ds.num_classes} classes, --data {test.num_classes}")
-    from mamba_bench.eval.corrupt import match_preprocessing
-
-    match_preprocessing(ds, [base])
+    if ds.class_ids != test.class_ids:
+        raise MambaBenchError(f"--train-data and --data have different classes ({ds.num_classes} vs "
+                              f"{test.num_classes}, or other names/order): the labels would not match")
+    _match(ds, base)
     from mamba_bench.eval.corrupt import default_workers
 
     x, ids, y = load_images(ds, default_workers() if cfg.workers is None else cfg.workers)
@@ -559,7 +584,7 @@ def run_repair(cfg: RepairConfig, on_arm=None) -> dict:
 
     t0 = time.perf_counter()
     out = Path(cfg.out)
-    done = finished_run(out, "repair.parquet", result_config(cfg))
+    done = finished_run(out, "explain --repair", result_config(cfg))
     if done is not None:
         return {"out": out, "table": pd.read_parquet(out / "repair.parquet"),
                 "history": pd.read_parquet(out / "history.parquet"), "blocks": done["blocks"],
@@ -628,13 +653,13 @@ def run_repair(cfg: RepairConfig, on_arm=None) -> dict:
                             "dataset": test.name, "repair_arm": best, "repaired_from": str(base.weights),
                             "blocks": ",".join(blocks)})
     atomic_write_parquet(out / "history.parquet", pd.DataFrame(history))
-    atomic_write_parquet(out / "repair.parquet", df)
     atomic_write_json(out / "manifest.json", {
         "command": "explain --repair", "argv": sys.argv, "config": asdict(cfg), "result_config": result_config(cfg),
         "device": str(device), "blocks": blocks,
         "cells": [[c.name if c else "clean", s] for c, s in cells], "test_images": len(te_y),
         "train_images": len(tr_y), "checkpoint": ckpt.name, "seconds": round(time.perf_counter() - t0, 1),
         "environment": environment(), "git_commit": git_commit()})
+    atomic_write_parquet(out / "repair.parquet", df)  # the marker of a finished run: last
     return {"out": out, "table": df, "history": pd.DataFrame(history), "blocks": blocks, "checkpoint": ckpt,
             "resumed": False}
 

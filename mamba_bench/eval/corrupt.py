@@ -359,7 +359,7 @@ def _run_corrupt(cfg: CorruptConfig, workers: int, device: torch.device, dist: D
         if preprocess is not None:
             raise MambaBenchError(f"{cfg.data} holds center-cropped images; dg-train checkpoints need the original "
                                   "images (stretched to a square): evaluate them on the original data")
-        check_run(ds.materialized, cfg.data, cfg.seed, suite.sha256, suite.name, cells)
+        check_run(ds.materialized, cfg.data, cfg.seed, suite.sha256, suite.name, cells, cfg.per_class)
         reader = DiskReader(ds.root, {s["image_id"]: s["file"] for s in ds.materialized["samples"]})
 
     # Only what changes results goes into the fingerprint: never batch size, workers or device.

@@ -157,8 +157,19 @@ def read_manifest(root: Path) -> dict:
 
 
 def check_run(manifest: dict, root: str, seed: int, suite_sha: str, suite_name: str,
-              cells: list[tuple[Corruption | None, int]]) -> None:
-    """A corrupt run on a materialized set must ask for what was written, with its seed and suite."""
+              cells: list[tuple[Corruption | None, int]], per_class: int | None = None) -> None:
+    """A corrupt run on a materialized set must ask for what was written, with its seed and suite.
+
+    ``--per-class K`` on the set picks the images the original data would give only when the set
+    holds whole classes (materialized without ``--per-class`` and nothing skipped) or K is the
+    set's own value.
+    """
+    made = manifest["config"].get("per_class")
+    if per_class is not None and per_class != made and (made is not None or manifest.get("skipped")):
+        raise MambaBenchError(f"{root} was materialized with --per-class {made}" + (
+            f" and {len(manifest['skipped'])} unreadable images skipped" if made is None else "") +
+            f"; --per-class {per_class} on it would not pick the images of the original data: drop it or "
+            "materialize again")
     if seed != manifest["seed"]:
         raise MambaBenchError(f"{root} was materialized with --seed {manifest['seed']}; pass that seed (the "
                               "corruptions on disk depend on it) or materialize again")
