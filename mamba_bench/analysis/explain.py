@@ -206,22 +206,17 @@ def foreground_masks(ds: ImageSet, images: np.ndarray, ids: list[str], masks: st
     return out
 
 
-def corrupt_images(images: np.ndarray, ids: list[str], cells, seed: int, workers: int,
-                   batch_size: int = 64):
-    """Yield ``(cell index, uint8 batch, first position)``, corrupted in DataLoader workers, cell by cell."""
+def corrupt_images(images: np.ndarray, ids: list[str], cell, seed: int, workers: int) -> np.ndarray:
+    """``images`` under one (corruption, severity) cell, made in DataLoader workers (the benchmark's
+    per-image corruption, so the same pixels as ``corrupt``)."""
     import os
 
     from mamba_bench.eval.corrupt import _CellImages
 
-    n = len(ids)
-    batches = [list(range(j * n + a, j * n + min(a + batch_size, n)))
-               for j in range(len(cells)) for a in range(0, n, batch_size)]
     loader = torch.utils.data.DataLoader(
-        _CellImages(images, ids, cells, seed), batch_sampler=batches, num_workers=workers,
-        collate_fn=torch.stack, multiprocessing_context="fork" if workers and os.name == "posix" else None)
-    for idxs, batch in zip(batches, loader, strict=True):
-        j, start = divmod(idxs[0], n)
-        yield j, batch, start
+        _CellImages(images, ids, [cell], seed), batch_size=64, num_workers=workers, collate_fn=torch.stack,
+        multiprocessing_context="fork" if workers and os.name == "posix" else None)
+    return torch.cat(list(loader)).numpy()
 
 
 # ---------------------------------------------------------------------------------------------- analysis
@@ -242,11 +237,16 @@ def difficult_split(p_true: np.ndarray, fraction: float) -> np.ndarray:
 
 
 def analyse(module, spec, images: np.ndarray, labels: np.ndarray, masks: np.ndarray | None, blocks: list[str],
-            states: list[str], *, batch_size: int, device: torch.device):
-    """Per-image true-class probability, prediction, ECS parts and ``i⁺`` for every (block, state)."""
+            states: list[str], *, batch_size: int, device: torch.device, ecs_states=None):
+    """Per-image true-class probability, prediction, ECS parts and ``i⁺`` for every (block, state).
+
+    ``ecs_states``: the states whose ECS parts (perturbation ratio, IoU) are computed — the
+    perturbation test costs two forward passes per (block, state); None: all. Others stay NaN.
+    """
     n = len(labels)
+    ecs_states = set(states if ecs_states is None else ecs_states)
     p_true, pred = np.zeros(n), np.zeros(n, np.int64)
-    ratio = {(b, s): np.zeros(n) for b in blocks for s in states}
+    ratio = {(b, s): np.full(n, np.nan) for b in blocks for s in states}
     iou = {(b, s): np.full(n, np.nan) for b in blocks for s in states}
     i_pos: dict[tuple[str, str], list[torch.Tensor]] = {(b, s): [] for b in blocks for s in states}
     for a in range(0, n, batch_size):
@@ -257,9 +257,10 @@ def analyse(module, spec, images: np.ndarray, labels: np.ndarray, masks: np.ndar
         pred[a:a + len(y)] = corr.probs.argmax(1).cpu().numpy()
         m = None if masks is None else torch.from_numpy(masks[a:a + batch_size]).to(device)
         for key, e in corr.external.items():
-            ratio[key][a:a + len(y)] = mender.perturbation_ratio(module, x, y, e).cpu().numpy()
-            if m is not None:
-                iou[key][a:a + len(y)] = mender.segmentation_iou(e, m).cpu().numpy()
+            if key[1] in ecs_states:
+                ratio[key][a:a + len(y)] = mender.perturbation_ratio(module, x, y, e).cpu().numpy()
+                if m is not None:
+                    iou[key][a:a + len(y)] = mender.segmentation_iou(e, m).cpu().numpy()
             i_pos[key].append(mender.positive_channels(corr.internal[key]).cpu())
     return p_true, pred, ratio, iou, {k: torch.cat(v) for k, v in i_pos.items()}
 
@@ -344,11 +345,7 @@ def run_explain(cfg: ExplainConfig) -> dict:
     blocks = select_blocks(all_blocks, cfg.blocks)
     clean, ids, labels = load_images(ds, workers)
     masks = foreground_masks(ds, clean, ids, cfg.masks)
-    images = clean
-    if cells:
-        images = np.empty_like(clean)
-        for _, batch, start in corrupt_images(clean, ids, cells, cfg.seed, workers):
-            images[start:start + len(batch)] = batch.numpy()
+    images = corrupt_images(clean, ids, cells[0], cfg.seed, workers) if cells else clean
 
     p_true, pred, ratio, iou, i_pos = analyse(module, spec, images, labels, masks, blocks, states,
                                               batch_size=cfg.batch_size, device=device)
@@ -479,10 +476,11 @@ def class_templates(module, spec, images, labels, blocks, num_classes: int, *, b
     ``per_class`` training images of each class."""
     pick = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(num_classes)])
     images, labels = images[pick], labels[pick]
-    p, pred, _, _, i_pos = _internal_only(module, spec, images, labels, blocks, batch_size, device)
+    _, pred, _, _, i_pos = analyse(module, spec, images, labels, None, blocks, ["x"], batch_size=batch_size,
+                                   device=device, ecs_states=())
     out = {}
     for b in blocks:
-        ip = i_pos[b]
+        ip = i_pos[(b, "x")]
         t = torch.zeros(num_classes, ip.shape[1])
         for c in range(num_classes):
             idx = np.flatnonzero((labels == c) & (pred == c))
@@ -492,21 +490,6 @@ def class_templates(module, spec, images, labels, blocks, num_classes: int, *, b
                 t[c] = ip[torch.from_numpy(idx)].mean(0)
         out[b] = t.to(device)
     return out
-
-
-def _internal_only(module, spec, images, labels, blocks, batch_size, device):
-    n = len(labels)
-    p, pred = np.zeros(n), np.zeros(n, np.int64)
-    parts: dict[str, list[torch.Tensor]] = {b: [] for b in blocks}
-    for a in range(0, n, batch_size):
-        x = to_model_input(torch.from_numpy(images[a:a + batch_size]), spec, device)
-        y = torch.from_numpy(labels[a:a + batch_size]).to(device)
-        corr = mender.state_correlations(module, x, y, blocks, ["x"])
-        p[a:a + len(y)] = corr.probs.gather(1, y[:, None])[:, 0].cpu().numpy()
-        pred[a:a + len(y)] = corr.probs.argmax(1).cpu().numpy()
-        for b in blocks:
-            parts[b].append(mender.positive_channels(corr.internal[(b, "x")]).cpu())
-    return p, pred, None, None, {b: torch.cat(v) for b, v in parts.items()}
 
 
 def repair_step_losses(module, x, y, masks, blocks, templates, use_ext: bool, use_int: bool):
@@ -637,7 +620,7 @@ def run_repair(cfg: RepairConfig, on_arm=None) -> dict:
                 rows[name]["corrupted"].append(top1)
     table = []
     for m in models:
-        ecs_v, ics_v = _repair_scores(m.module, spec, te_x, te_y, te_masks, blocks, device)
+        ecs_v, ics_v = _repair_scores(m.module, spec, te_x, te_y, te_masks, blocks, device, cfg.batch_size)
         corr = rows[m.name]["corrupted"]
         table.append({"arm": m.name, "clean_top1": rows[m.name]["clean"],
                       "corrupted_top1": float(np.mean(corr)) if corr else float("nan"),
@@ -664,15 +647,12 @@ def run_repair(cfg: RepairConfig, on_arm=None) -> dict:
             "resumed": False}
 
 
-def _repair_scores(module, spec, images, labels, masks, blocks, device, limit: int = 200):
+def _repair_scores(module, spec, images, labels, masks, blocks, device, batch_size: int, limit: int = 200):
     """Mean ECS over the repaired blocks' c and s states and mean ICS of their x state (first
     ``limit`` test images): the scores the repair is meant to raise."""
-    if masks is None:
-        masks_l = None
-    else:
-        masks_l = masks[:limit]
-    _, _, ratio, iou, i_pos = analyse(module, spec, images[:limit], labels[:limit], masks_l, blocks,
-                                      ["x", "c", "s"], batch_size=32, device=device)
+    _, _, ratio, iou, i_pos = analyse(module, spec, images[:limit], labels[:limit],
+                                      None if masks is None else masks[:limit], blocks, ["x", "c", "s"],
+                                      batch_size=batch_size, device=device, ecs_states=("c", "s"))
     e = [np.nanmean(ratio[(b, s)] / (1 + ratio[(b, s)]) * iou[(b, s)]) for b in blocks for s in ("c", "s")]
     i = [class_ics(i_pos[(b, "x")], labels[:limit])[0] for b in blocks]
     with np.errstate(all="ignore"):

@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mamba_bench.corruptions import Corruption, apply_corruption, load_suite
+from mamba_bench.corruptions import Corruption, load_suite
 from mamba_bench.errors import MambaBenchError, RunDirError
+from mamba_bench.eval.corrupt import _CellImages
 from mamba_bench.results.store import atomic_write_json
 
 MANIFEST = "materialized.json"
@@ -54,27 +55,23 @@ def _write_png(path: Path, img: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-class _Writer(torch.utils.data.Dataset):
-    """Item k = (cell, image): corrupt and write one PNG (in a DataLoader worker); returns 1 if written."""
+class _Writer(_CellImages):
+    """Item k = (cell, image): the benchmark's corrupted image, written as one PNG in a DataLoader
+    worker (skipped when a finished file is there); returns 1 if written."""
 
     def __init__(self, out: Path, images: np.ndarray, ids: list[str], cells: list[tuple[Corruption | None, int]],
                  seed: int):
-        self.out, self.images, self.ids, self.cells, self.seed = out, images, ids, cells, seed
-
-    def __len__(self) -> int:
-        return len(self.cells) * len(self.ids)
+        super().__init__(images, ids, cells, seed)
+        self.out = out
 
     def __getitem__(self, k: int) -> int:
         c, i = divmod(k, len(self.ids))
         corruption, severity = self.cells[c]
-        name = corruption.name if corruption is not None else "clean"
-        path = self.out / cell_dir(name, severity) / image_file(self.ids[i])
+        path = self.out / cell_dir(corruption.name if corruption is not None else "clean", severity) \
+            / image_file(self.ids[i])
         if path.is_file():
             return 0
-        img = self.images[i]
-        if corruption is not None:
-            img = apply_corruption(corruption, severity, img, seed=self.seed, image_id=self.ids[i])
-        _write_png(path, img)
+        _write_png(path, super().__getitem__(k).numpy())
         return 1
 
 
