@@ -112,13 +112,13 @@ def test_cross_scan_orders_and_merge_is_adjoint():
     assert torch.allclose((cross_scan(x) * y).sum(), (x.flatten(2) * cross_merge(y, 4, 5)).sum(), rtol=1e-5)
 
 
-@pytest.mark.parametrize("n, h, w", [(1, 5, 7), (4, 6, 3), (16, 1, 9)])
-def test_fused_ss2d_equals_cross_scan_then_reference(n, h, w):
+@pytest.mark.parametrize("n, h, w, d", [(1, 5, 7, 6), (4, 6, 3, 6), (16, 1, 9, 6), (1, 4, 3, 130), (2, 3, 5, 64)])
+def test_fused_ss2d_equals_cross_scan_then_reference(n, h, w, d):
     """The CPU SS2D kernel (reversed directions walked backwards, no flips) = the literal composition."""
     from mamba_bench.ops.selective_scan import ss2d_scan_cpu
 
     g = torch.Generator().manual_seed(3)
-    b, d, r = 2, 6, 3
+    b, r = 2, 5  # d of 64 and 130: one and three channel blocks (the last one partial); r 5: the 4-row pass + 1
     x = torch.randn(b, d, h, w, generator=g)
     xw = torch.randn(4, r + 2 * n, d, generator=g) * 0.5
     dtw = torch.randn(4, d, r, generator=g) * 0.5
@@ -132,8 +132,8 @@ def test_fused_ss2d_equals_cross_scan_then_reference(n, h, w):
     ys = selective_scan_ref(xs.reshape(b, 4 * d, h * w), delta, A, Bs, Cs, D, dtb.reshape(-1), True)
     expected = cross_merge(ys.view(b, 4, d, h * w), h, w)
     with torch.no_grad():
-        out = ss2d_scan_cpu(x, xw, dtw, dtb, A, D)
-    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+        out = ss2d_scan_cpu(x.permute(0, 2, 3, 1), xw, dtw, dtb, A, D)  # channels-last in and out
+    torch.testing.assert_close(out.permute(0, 3, 1, 2).reshape(b, d, h * w), expected, rtol=1e-4, atol=1e-4)
 
 
 def test_fast_exp_and_softplus_match_libm():

@@ -89,6 +89,40 @@ def test_backends_agree_at_model_level(nano):
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
+def test_cpu_inference_path_equals_the_general_path(monkeypatch):
+    """The channels-last CPU block (fused SS2D kernel, tiled LayerNorm/linear/MLP, in-place residuals)
+    computes the general path's function: odd map sizes, channel counts that are not a multiple of the
+    kernel's channel block, several row tiles, non-trivial norms and biases."""
+    import mamba_bench.models.vmamba as vm
+
+    torch.manual_seed(1)
+    model = VMamba(VMambaConfig((1, 2), 40, 1, 1.5), num_classes=7).eval()  # d_inner 60 and 120
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or "bias" in name:
+                p.add_(torch.randn_like(p) * 0.3)
+    calls = []
+    real = vm.VSSBlock._forward_cpu_inference
+    monkeypatch.setattr(vm.VSSBlock, "_forward_cpu_inference", lambda self, x: calls.append(1) or real(self, x))
+    monkeypatch.setattr(vm, "MLP_TILE_FLOATS", 4096)  # 25-27 rows of 160 hidden: several tiles per block
+    x = torch.randn(3, 3, 61, 47)
+    with torch.no_grad():
+        fast = model(x)
+    assert len(calls) == 3  # every block took the CPU inference path
+    with torch.no_grad():
+        model.set_scan_backend("torch")
+        general = model(x)
+        model.set_scan_backend("auto")
+    reference = model(x)  # autograd on: the general path with the differentiable numba scan
+    assert len(calls) == 3
+    torch.testing.assert_close(fast, general, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast, reference.detach(), rtol=1e-5, atol=1e-5)
+    x_before = x.clone()
+    with torch.no_grad():
+        model(x)
+    assert torch.equal(x, x_before)  # the in-place residuals never touch the caller's tensor
+
+
 def test_capture_internals(nano):
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():

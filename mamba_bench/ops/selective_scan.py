@@ -142,26 +142,20 @@ def fused_ss2d_available(device: torch.device | str, backend: str) -> bool:
 
 
 def ss2d_scan_cpu(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A, D) -> torch.Tensor:
-    """SS2D's projections and four selective scans of x (b, d, H, W) on CPU, no autograd.
+    """SS2D's projections and four selective scans of a channels-last map x (b, H, W, d), CPU, no autograd.
 
     Equal to ``cross_merge(selective_scan(cross_scan(x), ...))`` with VMamba's per-direction
-    x_proj (4, r + 2N, d), dt_proj (4, d, r), Δ-bias and softplus, but the reversed directions
-    are walked backwards instead of flipped; returns (b, d, H·W) in row-major order.
+    x_proj (4, r + 2N, d), dt_proj (4, d, r), Δ-bias and softplus, A (4·d, N), D (4·d,), in
+    (b, H, W, d) layout: one GEMM makes every direction's x_proj at every position, the kernel
+    applies dt_proj, the scans and the merge without materialising Δ, flips or transposes.
     """
     from mamba_bench.ops._numba_scan import ss2d_scan_numba
 
-    b, d, h, w = x.shape
-    length = h * w
-    n, r = A.shape[1], dt_projs_weight.shape[2]
-    x = x.float()
-    xs = torch.stack([x.reshape(b, d, length), x.transpose(2, 3).reshape(b, d, length)], 1)  # (b, 2, d, L)
-    c = x_proj_weight.shape[1]
-    w_by_layout = x_proj_weight.float().view(2, 2, c, d).transpose(0, 1).reshape(2, 2 * c, d)  # [k % 2][k // 2]
-    x_dbl = torch.matmul(w_by_layout, xs).view(b, 2, 2, c, length).transpose(1, 2).reshape(b, 4, c, length)
-    dts, Bs, Cs = torch.split(x_dbl, [r, n, n], dim=2)
-    dts = torch.matmul(dt_projs_weight.float(), dts).reshape(b, 4 * d, length)
-    ys = ss2d_scan_numba(xs, dts, A.float(), Bs, Cs, D.float(), dt_projs_bias.reshape(-1).float())
-    return ys[:, 0] + ys[:, 1].view(b, d, w, h).transpose(2, 3).reshape(b, d, length)
+    b, h, w, d = x.shape
+    k, c, _ = x_proj_weight.shape
+    x = x.float().contiguous()
+    xdbl = F.linear(x, x_proj_weight.float().reshape(k * c, d)).view(b, h, w, k, c)
+    return ss2d_scan_numba(x, xdbl, dt_projs_weight.float(), dt_projs_bias.float(), A.float(), D.float())
 
 
 def available_backends(device: torch.device | str = "cpu") -> list[str]:
