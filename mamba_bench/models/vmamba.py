@@ -62,8 +62,11 @@ class LayerNorm2d(nn.LayerNorm):
     """LayerNorm over the channel axis of an NCHW tensor."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias,
-                            self.eps).permute(0, 3, 1, 2)
+        return self.forward_last(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    def forward_last(self, x: torch.Tensor) -> torch.Tensor:
+        """The same normalisation of a tensor whose last axis is the channels ((b, H, W, C) or rows)."""
+        return super().forward(x)
 
 
 class Linear2d(nn.Linear):
@@ -213,8 +216,6 @@ class SS2D(nn.Module):
         return torch.matmul(self.dt_projs_weight.to(xs.dtype), dts), Bs, Cs
 
 
-
-
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int):
         super().__init__()
@@ -276,15 +277,15 @@ class VSSBlock(nn.Module):
         tiles = _row_tiles(rows.shape[0], mlp.fc1.out_features)
         u = rows.new_empty(rows.shape[0], op.d_inner)
         for s, e in tiles:
-            torch.mm(_ln(rows[s:e], self.norm), op.in_proj.weight.t(), out=u[s:e])
+            torch.mm(self.norm.forward_last(rows[s:e]), op.in_proj.weight.t(), out=u[s:e])
         u = F.silu(op.conv2d(u.view(b, h, w, -1).permute(0, 3, 1, 2)), inplace=True)  # channels-last in and out
         y = ss2d_scan_cpu(u.permute(0, 2, 3, 1), op.x_proj_weight, op.dt_projs_weight, op.dt_projs_bias,
                           -torch.exp(op.A_logs.float()), op.Ds).view(rows.shape[0], -1)
         out = torch.empty_like(rows)
         for s, e in tiles:
             o = out[s:e]
-            torch.addmm(rows[s:e], _ln(y[s:e], op.out_norm), op.out_proj.weight.t(), out=o)
-            hid = F.gelu(torch.addmm(mlp.fc1.bias, _ln(o, self.norm2), mlp.fc1.weight.t()))
+            torch.addmm(rows[s:e], op.out_norm.forward_last(y[s:e]), op.out_proj.weight.t(), out=o)
+            hid = F.gelu(torch.addmm(mlp.fc1.bias, self.norm2.forward_last(o), mlp.fc1.weight.t()))
             o.addmm_(hid, mlp.fc2.weight.t())
             o += mlp.fc2.bias
         return out.view(b, h, w, c).permute(0, 3, 1, 2)
@@ -298,10 +299,6 @@ def _row_tiles(n: int, hidden: int) -> list[tuple[int, int]]:
     tiles = -(-n * hidden // MLP_TILE_FLOATS)
     size = -(-n // tiles)
     return [(s, min(s + size, n)) for s in range(0, n, size)]
-
-
-def _ln(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
-    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
 
 
 def _downsample(dim: int, out_dim: int) -> nn.Sequential:

@@ -197,12 +197,8 @@ def _ss2d_job(x, xdbl, wdt, bias, A, D, bi, c0, m, hh, ww, nd, r, n, y, h, z, e)
                     j += 1
                 for c in range(mu):
                     z[c] = _softplus(z[c])
-                if k == 0:
-                    for c in range(mu):
-                        y[xo + c] = D[bo + c] * x[xo + c]
-                else:
-                    for c in range(mu):
-                        y[xo + c] += D[bo + c] * x[xo + c]
+                for c in range(mu):
+                    y[xo + c] += D[bo + c] * x[xo + c]
                 for s in range(n):
                     ao = U((k * n + s) * nd + c0)
                     ho = U(s * SS2D_CHANNELS)
@@ -222,8 +218,8 @@ def _fwd_ss2d(x, xdbl, wdt, bias, A, D, nb, hh, ww, nd, r, n, y):  # pragma: no 
 
     Flat float32 arrays: x, y (b, H, W, d); xdbl (b, H, W, 4, r + 2n) = every direction's x_proj
     at every position (a projection does not depend on the scan order); wdt (4, r, d) dt_proj;
-    bias, D (4, d); A (4, n, d). Each job owns one batch item and a block of channels and walks
-    the four directions in turn, adding each direction's output at the position it came from.
+    bias, D (4, d); A (4, n, d); y zeroed. Each job owns one batch item and a block of channels and
+    walks the four directions in turn, adding each direction's output at the position it came from.
     The loops run over channels, which are contiguous in this layout, so they vectorise; the
     state of a block of channels stays in L1.
     """
@@ -245,7 +241,7 @@ def ss2d_scan_numba(x: torch.Tensor, xdbl: torch.Tensor, wdt: torch.Tensor, bias
     b, hh, ww, d = x.shape
     r, n = wdt.shape[2], A.shape[1]
     _threads()
-    y = _touched((b, hh, ww, d))
+    y = _touched((b, hh, ww, d))  # zeros: the kernel adds the four directions into it
     _fwd_ss2d(_np(x).reshape(-1), _np(xdbl).reshape(-1), _np(wdt.transpose(1, 2)).reshape(-1), _np(bias).reshape(-1),
               _np(A.view(4, d, n).transpose(1, 2)).reshape(-1), _np(D).reshape(-1), b, hh, ww, d, r, n, y.reshape(-1))
     return torch.from_numpy(y)

@@ -155,7 +155,7 @@ def ss2d_scan_cpu(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A, D) -> tor
     k, c, _ = x_proj_weight.shape
     x = x.float().contiguous()
     xdbl = F.linear(x, x_proj_weight.float().reshape(k * c, d)).view(b, h, w, k, c)
-    return ss2d_scan_numba(x, xdbl, dt_projs_weight.float(), dt_projs_bias.float(), A.float(), D.float())
+    return ss2d_scan_numba(x, xdbl, dt_projs_weight, dt_projs_bias, A, D)  # it makes fp32 contiguous arrays
 
 
 def available_backends(device: torch.device | str = "cpu") -> list[str]:
