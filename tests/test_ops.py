@@ -112,13 +112,14 @@ def test_cross_scan_orders_and_merge_is_adjoint():
     assert torch.allclose((cross_scan(x) * y).sum(), (x.flatten(2) * cross_merge(y, 4, 5)).sum(), rtol=1e-5)
 
 
-@pytest.mark.parametrize("n, h, w, d", [(1, 5, 7, 6), (4, 6, 3, 6), (16, 1, 9, 6), (1, 4, 3, 130), (2, 3, 5, 64)])
-def test_fused_ss2d_equals_cross_scan_then_reference(n, h, w, d):
+@pytest.mark.parametrize("n, h, w, d, width, r", [(1, 5, 7, 6, None, 5), (4, 6, 3, 6, None, 2), (16, 1, 9, 6, None, 7),
+                                                  (1, 4, 3, 130, None, 6), (1, 4, 3, 130, 48, 5), (2, 3, 5, 64, 24, 1)])
+def test_fused_ss2d_equals_cross_scan_then_reference(n, h, w, d, width, r):
     """The CPU SS2D kernel (reversed directions walked backwards, no flips) = the literal composition."""
     from mamba_bench.ops.selective_scan import ss2d_scan_cpu
 
     g = torch.Generator().manual_seed(3)
-    b, r = 2, 5  # d of 64 and 130: one and three channel blocks (the last one partial); r 5: the 4-row pass + 1
+    b = 2  # widths 48 and 24: three channel blocks, the last one partial (34, 16); r: dt_proj rows in passes of 4, 2, 1
     x = torch.randn(b, d, h, w, generator=g)
     xw = torch.randn(4, r + 2 * n, d, generator=g) * 0.5
     dtw = torch.randn(4, d, r, generator=g) * 0.5
@@ -132,20 +133,30 @@ def test_fused_ss2d_equals_cross_scan_then_reference(n, h, w, d):
     ys = selective_scan_ref(xs.reshape(b, 4 * d, h * w), delta, A, Bs, Cs, D, dtb.reshape(-1), True)
     expected = cross_merge(ys.view(b, 4, d, h * w), h, w)
     with torch.no_grad():
-        out = ss2d_scan_cpu(x.permute(0, 2, 3, 1), xw, dtw, dtb, A, D)  # channels-last in and out
+        out = ss2d_scan_cpu(x.permute(0, 2, 3, 1), xw, dtw, dtb, A, D, width)  # channels-last in and out
     torch.testing.assert_close(out.permute(0, 3, 1, 2).reshape(b, d, h * w), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_ss2d_block_width():
+    from mamba_bench.ops._numba_scan import ss2d_block_width
+
+    assert ss2d_block_width(8, 96, 1, 2) == 96      # one job per image when there are enough images
+    assert ss2d_block_width(1, 96, 1, 2) == 24      # one image: four jobs for two threads
+    assert ss2d_block_width(3, 130, 1, 2) == 72     # ceil(130 / 2) rounded up to 8 lanes
+    assert ss2d_block_width(8, 768, 16, 2) == 256   # 16 states per channel: at most 4096 state floats a job
+    assert ss2d_block_width(1, 4, 1, 8) == 4        # never wider than d
 
 
 def test_fast_exp_and_softplus_match_libm():
     import numba
     import numpy as np
 
-    from mamba_bench.ops._numba_scan import _exp, _softplus
+    from mamba_bench.ops._numba_scan import _exp, _exp_nonpos, _softplus
 
     @numba.njit
     def apply(f_id, x, out):
         for i in range(x.size):
-            out[i] = _exp(x[i]) if f_id == 0 else _softplus(x[i])
+            out[i] = _exp(x[i]) if f_id == 0 else _softplus(x[i]) if f_id == 1 else _exp_nonpos(x[i])
 
     x = np.linspace(-87.3, 88.0, 400_001).astype(np.float32)
     out = np.empty_like(x)
@@ -158,6 +169,13 @@ def test_fast_exp_and_softplus_match_libm():
     apply(1, z, out)
     exact = torch.nn.functional.softplus(torch.from_numpy(z).double()).numpy()
     assert np.max(np.abs(out - exact) / exact) < 5e-7
+    assert np.array_equal(out[z > 20], z[z > 20])  # as torch's softplus, which returns z above 20
+    x = np.linspace(-87.3, 0.0, 400_001).astype(np.float32)
+    apply(2, x, out)
+    exact = np.exp(x.astype(np.float64))
+    assert np.max(np.abs(out - exact) / exact) < 5e-7
+    apply(2, np.array([-1e4, -np.inf, -88.0], np.float32), out[:3])
+    assert np.all((out[:3] >= 0) & (out[:3] < 1.3e-38))  # clamped at exp(-87.3): tiny, never NaN
 
 
 def test_bench_scan_reports_speed_memory_and_error(tmp_path):
@@ -170,3 +188,25 @@ def test_bench_scan_reports_speed_memory_and_error(tmp_path):
     assert rows[("cpu", "fwd")]["max_rel_error_vs_ref"] <= 1e-4
     assert rows[("ref", "fwd")]["speedup_vs_ref"] == 1.0
     assert (tmp_path / "bench_scan.json").exists() and not (tmp_path / ".scan-outputs").exists()
+
+
+@pytest.mark.parametrize("rows, c", [(1, 1), (7, 5), (300, 48), (65, 130)])
+def test_numba_layer_norm_matches_torch(rows, c):
+    """The CPU inference LayerNorm (VMamba's stem, blocks, downsampling): torch's result on rows off
+    zero mean (a two-pass variance), in place, and NaN confined to its own row."""
+    from mamba_bench.ops._numba_norm import layer_norm_last
+
+    g = torch.Generator().manual_seed(rows)
+    norm = torch.nn.LayerNorm(c, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.normal_(generator=g)
+        norm.bias.normal_(generator=g)
+        x = 5 + torch.randn(rows, c, generator=g) * 0.5
+        expected = norm(x)
+        torch.testing.assert_close(layer_norm_last(x, norm), expected, rtol=1e-5, atol=1e-5)
+        y = x.clone()
+        assert layer_norm_last(y, norm, out=y) is y
+        torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+        x[0, 0] = float("nan")
+        y = layer_norm_last(x, norm)
+        assert torch.isnan(y[0]).all() and not torch.isnan(y[1:]).any()

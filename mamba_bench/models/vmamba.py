@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mamba_bench.ops.cross_scan import cross_merge, cross_scan
-from mamba_bench.ops.selective_scan import fused_ss2d_available, selective_scan, ss2d_scan_cpu
+from mamba_bench.ops.selective_scan import fused_ss2d_available, numba_available, selective_scan, ss2d_scan_cpu
 
 
 def cpu_inference(x: torch.Tensor, backend: str) -> bool:
@@ -64,9 +64,17 @@ class LayerNorm2d(nn.LayerNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_last(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
-    def forward_last(self, x: torch.Tensor) -> torch.Tensor:
-        """The same normalisation of a tensor whose last axis is the channels ((b, H, W, C) or rows)."""
-        return super().forward(x)
+    def forward_last(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The same normalisation of a tensor whose last axis is the channels ((b, H, W, C) or rows).
+        Contiguous fp32 CPU tensors without autograd (channels-last maps in inference) go through
+        the numba kernel, into ``out`` when given (torch's LayerNorm is 2-6x slower on short rows)."""
+        if (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
+                and x.is_contiguous() and numba_available()):
+            from mamba_bench.ops._numba_norm import layer_norm_last
+
+            return layer_norm_last(x, self, out)
+        y = super().forward(x)
+        return y if out is None else out.copy_(y)
 
 
 class Linear2d(nn.Linear):
@@ -262,30 +270,33 @@ class VSSBlock(nn.Module):
 
     def _forward_cpu_inference(self, x: torch.Tensor) -> torch.Tensor:
         """The same block on CPU without autograd (VMamba-T on 2 cores: 7.6 → 11.6-11.9 img/s, README),
-        channels-last throughout. Token-wise work runs in row tiles whose intermediates stay in
-        cache: LayerNorm → in-projection before the scan; out-norm → out-projection + residual →
-        LayerNorm → MLP + residual after it. Between them: the depthwise conv + SiLU on the map,
-        every direction's x_proj in one GEMM, and the fused SS2D kernel (no Δ, flips or transposes
-        materialised). Returns an NCHW view of channels-last memory (what the next block and the
-        convs take)."""
+        channels-last throughout: LayerNorm (numba) → in-projection → depthwise conv + SiLU → every
+        direction's x_proj in one GEMM → the fused SS2D kernel (no Δ, flips or transposes
+        materialised) → out-norm (numba, in place); then, in row tiles whose intermediates stay in
+        cache, out-projection + residual → LayerNorm → MLP + residual, into the block's output.
+        The numba calls are grouped: each switch between torch's and numba's thread pools costs
+        time (the idle pool's threads spin for a while). Returns an NCHW view of channels-last
+        memory (what the next block and the convs take)."""
         op, mlp = self.op, self.mlp
         t = x.permute(0, 2, 3, 1)
         if not t.is_contiguous():
             t = t.contiguous()
         b, h, w, c = t.shape
         rows = t.reshape(b * h * w, c)
-        tiles = _row_tiles(rows.shape[0], mlp.fc1.out_features)
-        u = rows.new_empty(rows.shape[0], op.d_inner)
-        for s, e in tiles:
-            torch.mm(self.norm.forward_last(rows[s:e]), op.in_proj.weight.t(), out=u[s:e])
+        u = torch.mm(self.norm.forward_last(rows), op.in_proj.weight.t())
         u = F.silu(op.conv2d(u.view(b, h, w, -1).permute(0, 3, 1, 2)), inplace=True)  # channels-last in and out
         y = ss2d_scan_cpu(u.permute(0, 2, 3, 1), op.x_proj_weight, op.dt_projs_weight, op.dt_projs_bias,
                           -torch.exp(op.A_logs.float()), op.Ds).view(rows.shape[0], -1)
+        y = op.out_norm.forward_last(y, out=y)
+        tiles = _row_tiles(rows.shape[0], mlp.fc1.out_features)
+        hidden = rows.new_empty(tiles[0][1], mlp.fc1.out_features)  # reused: fresh pages fault
         out = torch.empty_like(rows)
+        norm2 = self.norm2
         for s, e in tiles:
             o = out[s:e]
-            torch.addmm(rows[s:e], op.out_norm.forward_last(y[s:e]), op.out_proj.weight.t(), out=o)
-            hid = F.gelu(torch.addmm(mlp.fc1.bias, self.norm2.forward_last(o), mlp.fc1.weight.t()))
+            torch.addmm(rows[s:e], y[s:e], op.out_proj.weight.t(), out=o)
+            ln = F.layer_norm(o, norm2.normalized_shape, norm2.weight, norm2.bias, norm2.eps)  # torch's: no switch
+            hid = torch.ops.aten.gelu_(torch.addmm(mlp.fc1.bias, ln, mlp.fc1.weight.t(), out=hidden[:e - s]))
             o.addmm_(hid, mlp.fc2.weight.t())
             o += mlp.fc2.bias
         return out.view(b, h, w, c).permute(0, 3, 1, 2)
@@ -299,6 +310,15 @@ def _row_tiles(n: int, hidden: int) -> list[tuple[int, int]]:
     tiles = -(-n * hidden // MLP_TILE_FLOATS)
     size = -(-n // tiles)
     return [(s, min(s + size, n)) for s in range(0, n, size)]
+
+
+def _norm_in_place(norm: LayerNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)`` written over x, a fresh channels-last NCHW map (no autograd); out of place otherwise."""
+    t = x.permute(0, 2, 3, 1)
+    if not t.is_contiguous():
+        return norm(x)
+    norm.forward_last(t, out=t)
+    return x
 
 
 def _downsample(dim: int, out_dim: int) -> nn.Sequential:
@@ -349,10 +369,21 @@ class VMamba(nn.Module):
                 m.scan_backend = backend
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(x)
+        if x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled() and numba_available():
+            x = self._stem_cpu_inference(x)
+        else:
+            x = self.patch_embed(x)
         for layer in self.layers:
             x = layer(x)
         return x
+
+    def _stem_cpu_inference(self, x: torch.Tensor) -> torch.Tensor:
+        """``patch_embed`` with its LayerNorms and GELU in place on the convolutions' channels-last
+        outputs: at 224 px the first conv's output is 19 MB per 8 images, and every fresh tensor of
+        that size costs its page faults (VMamba-T's stem: ~44 → ~20 ms on 2 cores)."""
+        pe = self.patch_embed
+        x = _norm_in_place(pe[2], pe[0](x))
+        return _norm_in_place(pe[7], pe[5](torch.ops.aten.gelu_(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type == "cpu" and not torch.is_grad_enabled():

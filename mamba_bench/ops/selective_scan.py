@@ -103,7 +103,7 @@ def _mamba_ssm_fn():
     return selective_scan_fn
 
 
-def _numba_available() -> bool:
+def numba_available() -> bool:
     try:
         import numba  # noqa: F401
     except Exception:  # numba missing or broken on this platform: the torch backend remains
@@ -138,16 +138,18 @@ def fused_ss2d_available(device: torch.device | str, backend: str) -> bool:
     device = torch.device(device)
     if device.type != "cpu" or backend not in ("auto", "cpu"):
         return False
-    return _numba_available()
+    return numba_available()
 
 
-def ss2d_scan_cpu(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A, D) -> torch.Tensor:
+def ss2d_scan_cpu(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A, D,
+                  block_width: int | None = None) -> torch.Tensor:
     """SS2D's projections and four selective scans of a channels-last map x (b, H, W, d), CPU, no autograd.
 
     Equal to ``cross_merge(selective_scan(cross_scan(x), ...))`` with VMamba's per-direction
-    x_proj (4, r + 2N, d), dt_proj (4, d, r), Δ-bias and softplus, A (4·d, N), D (4·d,), in
+    x_proj (4, r + 2N, d), dt_proj (4, d, r), Δ-bias and softplus, A (4·d, N) ≤ 0 (VMamba's −exp(A_logs)), D (4·d,), in
     (b, H, W, d) layout: one GEMM makes every direction's x_proj at every position, the kernel
     applies dt_proj, the scans and the merge without materialising Δ, flips or transposes.
+    ``block_width``: channels per kernel job (tests; the default is the fastest).
     """
     from mamba_bench.ops._numba_scan import ss2d_scan_numba
 
@@ -155,14 +157,14 @@ def ss2d_scan_cpu(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A, D) -> tor
     k, c, _ = x_proj_weight.shape
     x = x.float().contiguous()
     xdbl = F.linear(x, x_proj_weight.float().reshape(k * c, d)).view(b, h, w, k, c)
-    return ss2d_scan_numba(x, xdbl, dt_projs_weight, dt_projs_bias, A, D)  # it makes fp32 contiguous arrays
+    return ss2d_scan_numba(x, xdbl, dt_projs_weight, dt_projs_bias, A, D, block_width)  # fp32 contiguous there
 
 
 def available_backends(device: torch.device | str = "cpu") -> list[str]:
     """Backends usable for tensors on ``device``, fastest first."""
     device = torch.device(device)
     out = ["torch", "ref"]
-    if device.type == "cpu" and _numba_available():
+    if device.type == "cpu" and numba_available():
         out.insert(0, "cpu")
     if device.type == "cuda" and _mamba_ssm_fn() is not None:
         out.insert(0, "cuda")
