@@ -91,8 +91,8 @@ def test_backends_agree_at_model_level(nano):
 
 def test_cpu_inference_path_equals_the_general_path(monkeypatch):
     """The channels-last CPU block (fused SS2D kernel, tiled LayerNorm/linear/MLP, in-place residuals)
-    computes the general path's function: odd map sizes, channel counts that are not a multiple of the
-    kernel's channel block, several row tiles, non-trivial norms and biases."""
+    and stem compute the general path's function: odd map sizes, channel counts that are not a
+    multiple of 8, several row tiles, non-trivial norms and biases."""
     import mamba_bench.models.vmamba as vm
 
     torch.manual_seed(1)
@@ -103,12 +103,12 @@ def test_cpu_inference_path_equals_the_general_path(monkeypatch):
                 p.add_(torch.randn_like(p) * 0.3)
     calls = []
     real = vm.VSSBlock._forward_cpu_inference
-    monkeypatch.setattr(vm.VSSBlock, "_forward_cpu_inference", lambda self, x: calls.append(1) or real(self, x))
+    monkeypatch.setattr(vm.VSSBlock, "_forward_cpu_inference", lambda self, *a: calls.append(a[1]) or real(self, *a))
     monkeypatch.setattr(vm, "MLP_TILE_FLOATS", 4096)  # 25-27 rows of 160 hidden: several tiles per block
     x = torch.randn(3, 3, 61, 47)
     with torch.no_grad():
         fast = model(x)
-    assert len(calls) == 3  # every block took the CPU inference path
+    assert calls == [True] * 3  # every block took the CPU inference path, updating the residual stream in place
     with torch.no_grad():
         model.set_scan_backend("torch")
         general = model(x)
@@ -121,6 +121,33 @@ def test_cpu_inference_path_equals_the_general_path(monkeypatch):
     with torch.no_grad():
         model(x)
     assert torch.equal(x, x_before)  # the in-place residuals never touch the caller's tensor
+
+
+def test_cpu_inference_residual_in_place_only_when_no_hook_can_see_it():
+    """The blocks overwrite the residual stream only inside VMamba.forward and without hooks: a hook
+    that keeps block outputs sees them unchanged after the forward, and the logits are the same."""
+    torch.manual_seed(2)
+    model = VMamba(VMambaConfig((2, 2), 16, 1, 1.0), num_classes=5).eval()
+    x = torch.randn(2, 3, 40, 40)
+    with torch.no_grad():
+        plain = model(x)
+        kept, copies = [], []
+
+        def hook(module, inputs, output):
+            kept.append(output)
+            copies.append(output.clone())
+
+        handles = [b.register_forward_hook(hook) for layer in model.layers for b in layer.blocks]
+        hooked = model(x)
+        for h in handles:
+            h.remove()
+        block = model.layers[0].blocks[0]
+        h0 = torch.randn(2, 16, 10, 10)
+        before = h0.clone()
+        block(h0)  # a block called on its own leaves its input alone
+    assert len(kept) == 4 and all(torch.equal(a, b) for a, b in zip(kept, copies))
+    torch.testing.assert_close(hooked, plain, rtol=0, atol=0)
+    assert torch.equal(h0, before) and not block._residual_in_place
 
 
 def test_capture_internals(nano):

@@ -257,26 +257,28 @@ class VSSBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio))
         self._recorder: Recorder | None = None
         self._record_name = ""
+        self._residual_in_place = False  # set by VMamba.forward_features while it owns the residual stream
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (not self.training and self._recorder is None and self.op._recorder is None
                 and cpu_inference(x, self.op.scan_backend)):
-            return self._forward_cpu_inference(x)
+            return self._forward_cpu_inference(x, self._residual_in_place)
         x = x + self.drop_path(self.op(self.norm(x)))
         x = x + self.drop_path(self.mlp(self.norm2(x)))
         if self._recorder is not None:
             self._recorder.put(self._record_name, "out", x)
         return x
 
-    def _forward_cpu_inference(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward_cpu_inference(self, x: torch.Tensor, in_place: bool = False) -> torch.Tensor:
         """The same block on CPU without autograd (VMamba-T on 2 cores: 7.6 → 11.6-11.9 img/s, README),
         channels-last throughout: LayerNorm (numba) → in-projection → depthwise conv + SiLU → every
         direction's x_proj in one GEMM → the fused SS2D kernel (no Δ, flips or transposes
         materialised) → out-norm (numba, in place); then, in row tiles whose intermediates stay in
         cache, out-projection + residual → LayerNorm → MLP + residual, into the block's output.
         The numba calls are grouped: each switch between torch's and numba's thread pools costs
-        time (the idle pool's threads spin for a while). Returns an NCHW view of channels-last
-        memory (what the next block and the convs take)."""
+        time (the idle pool's threads spin for a while). ``in_place``: the residual stream x is the
+        caller's to overwrite, and the output is written over it (no copy, no fresh map). Returns
+        an NCHW view of channels-last memory (what the next block and the convs take)."""
         op, mlp = self.op, self.mlp
         t = x.permute(0, 2, 3, 1)
         if not t.is_contiguous():
@@ -290,7 +292,7 @@ class VSSBlock(nn.Module):
         y = op.out_norm.forward_last(y, out=y)
         tiles = _row_tiles(rows.shape[0], mlp.fc1.out_features)
         hidden = rows.new_empty(tiles[0][1], mlp.fc1.out_features)  # reused: fresh pages fault
-        out = torch.empty_like(rows)
+        out = rows if in_place else torch.empty_like(rows)  # each tile reads its residual rows before writing them
         norm2 = self.norm2
         for s, e in tiles:
             o = out[s:e]
@@ -310,6 +312,13 @@ def _row_tiles(n: int, hidden: int) -> list[tuple[int, int]]:
     tiles = -(-n * hidden // MLP_TILE_FLOATS)
     size = -(-n // tiles)
     return [(s, min(s + size, n)) for s in range(0, n, size)]
+
+
+def _global_hooks() -> bool:
+    """Whether forward hooks are registered for every module (torch.nn.modules.module.register_module_forward_hook)."""
+    import torch.nn.modules.module as mm
+
+    return bool(getattr(mm, "_global_forward_hooks", None) or getattr(mm, "_global_forward_pre_hooks", None))
 
 
 def _norm_in_place(norm: LayerNorm2d, x: torch.Tensor) -> torch.Tensor:
@@ -369,12 +378,25 @@ class VMamba(nn.Module):
                 m.scan_backend = backend
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled() and numba_available():
-            x = self._stem_cpu_inference(x)
-        else:
+        if not (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
+                and numba_available()):
             x = self.patch_embed(x)
-        for layer in self.layers:
-            x = layer(x)
+            for layer in self.layers:
+                x = layer(x)
+            return x
+        # CPU inference: the stem's output and every downsampling's are fresh tensors of this call, so
+        # the blocks may update the residual stream in place, unless a hook could hold a block's output
+        x = self._stem_cpu_inference(x)
+        blocks = [m for m in self.modules() if isinstance(m, VSSBlock)]
+        owned = not _global_hooks() and not any(m._forward_hooks or m._forward_pre_hooks for m in blocks)
+        try:
+            for m in blocks:
+                m._residual_in_place = owned
+            for layer in self.layers:
+                x = layer(x)
+        finally:
+            for m in blocks:
+                m._residual_in_place = False
         return x
 
     def _stem_cpu_inference(self, x: torch.Tensor) -> torch.Tensor:
