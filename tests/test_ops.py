@@ -178,6 +178,18 @@ def test_fast_exp_and_softplus_match_libm():
     assert np.all((out[:3] >= 0) & (out[:3] < 1.3e-38))  # clamped at exp(-87.3): tiny, never NaN
 
 
+def test_bench_models_reports_best_and_median_rounds(tmp_path):
+    import json
+
+    from mamba_bench.eval.bench_ssm import bench_models
+
+    res = bench_models(models=["vmamba-nano"], batch=1, threads=1, repeats=3, device="cpu", out=tmp_path)
+    (row,) = res["rows"]
+    assert row["model"] == "vmamba-nano" and 0 < row["params_m"] < 2
+    assert row["images_per_second"] >= row["images_per_second_median"] > 0  # best round ≥ median round
+    assert json.loads((tmp_path / "bench_models.json").read_text())["rows"] == res["rows"]
+
+
 def test_bench_scan_reports_speed_memory_and_error(tmp_path):
     from mamba_bench.eval.bench_ssm import STAGE1, bench_scan
 

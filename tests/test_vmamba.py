@@ -145,7 +145,7 @@ def test_cpu_inference_residual_in_place_only_when_no_hook_can_see_it():
         h0 = torch.randn(2, 16, 10, 10)
         before = h0.clone()
         block(h0)  # a block called on its own leaves its input alone
-    assert len(kept) == 4 and all(torch.equal(a, b) for a, b in zip(kept, copies))
+    assert len(kept) == 4 and all(torch.equal(a, b) for a, b in zip(kept, copies, strict=True))
     torch.testing.assert_close(hooked, plain, rtol=0, atol=0)
     assert torch.equal(h0, before) and not block._residual_in_place
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import platform
 import resource
+import statistics
 import time
 from pathlib import Path
 
@@ -131,7 +132,7 @@ def bench_models(*, models: list[str], batch: int = 8, threads: int = 2, repeats
             model = model.to(memory_format=torch.channels_last)
             x = x.contiguous(memory_format=torch.channels_last)
         built.append((name, model, x))
-    best = {name: float("inf") for name in models}
+    rounds: dict[str, list[float]] = {name: [] for name in models}
 
     def once(model, x) -> float:
         if cuda:
@@ -143,15 +144,17 @@ def bench_models(*, models: list[str], batch: int = 8, threads: int = 2, repeats
         return time.perf_counter() - t0
 
     # rounds over all models (warm-up first), so that a slow spell of a shared machine hits every
-    # model alike; each model's best round is reported
+    # model alike; each model's best round and its median round are reported (on a machine whose
+    # speed drifts, the best round of each model can come from different spells; the median less so)
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and amp):
         for _, model, x in built:
             once(model, x)
         for _ in range(repeats):
             for name, model, x in built:
-                best[name] = min(best[name], once(model, x))
+                rounds[name].append(once(model, x))
     rows = [{"model": name, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
-             "images_per_second": batch / best[name]} for name, model, _ in built]
+             "images_per_second": batch / min(rounds[name]),
+             "images_per_second_median": batch / statistics.median(rounds[name])} for name, model, _ in built]
     res = {"batch": batch, "threads": threads, "device": str(dev), "precision": "bf16" if cuda and amp else "fp32",
            "rows": rows,
            "machine": {"processor": platform.processor(), **environment()}}
