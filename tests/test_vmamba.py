@@ -125,7 +125,8 @@ def test_cpu_inference_path_equals_the_general_path(monkeypatch):
 
 def test_cpu_inference_residual_in_place_only_when_no_hook_can_see_it():
     """The blocks overwrite the residual stream only inside VMamba.forward and without hooks: a hook
-    that keeps block outputs sees them unchanged after the forward, and the logits are the same."""
+    that keeps block outputs sees them unchanged after the forward, and the logits are the same;
+    hooks on a block's submodules (which the fast block path does not call) are honoured."""
     torch.manual_seed(2)
     model = VMamba(VMambaConfig((2, 2), 16, 1, 1.0), num_classes=5).eval()
     x = torch.randn(2, 3, 40, 40)
@@ -142,11 +143,17 @@ def test_cpu_inference_residual_in_place_only_when_no_hook_can_see_it():
         for h in handles:
             h.remove()
         block = model.layers[0].blocks[0]
+        seen = []
+        handle = block.op.in_proj.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+        sub_hooked = model(x)
+        handle.remove()
         h0 = torch.randn(2, 16, 10, 10)
         before = h0.clone()
         block(h0)  # a block called on its own leaves its input alone
     assert len(kept) == 4 and all(torch.equal(a, b) for a, b in zip(kept, copies, strict=True))
     torch.testing.assert_close(hooked, plain, rtol=0, atol=0)
+    assert seen == [(2, 16, 10, 10)]
+    torch.testing.assert_close(sub_hooked, plain, rtol=1e-5, atol=1e-5)  # the general block path
     assert torch.equal(h0, before) and not block._residual_in_place
 
 

@@ -261,7 +261,7 @@ class VSSBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (not self.training and self._recorder is None and self.op._recorder is None
-                and cpu_inference(x, self.op.scan_backend)):
+                and cpu_inference(x, self.op.scan_backend) and not _hooked(self, itself=False)):
             return self._forward_cpu_inference(x, self._residual_in_place)
         x = x + self.drop_path(self.op(self.norm(x)))
         x = x + self.drop_path(self.mlp(self.norm2(x)))
@@ -314,11 +314,15 @@ def _row_tiles(n: int, hidden: int) -> list[tuple[int, int]]:
     return [(s, min(s + size, n)) for s in range(0, n, size)]
 
 
-def _global_hooks() -> bool:
-    """Whether forward hooks are registered for every module (torch.nn.modules.module.register_module_forward_hook)."""
+def _hooked(module: nn.Module, itself: bool = True) -> bool:
+    """Whether a forward (pre-)hook would see a tensor inside ``module``: on it (unless ``itself`` is
+    False), on any submodule, or for every module (``register_module_forward_hook``). The CPU
+    inference paths skip submodule calls and overwrite tensors in place, so they stand aside then."""
     import torch.nn.modules.module as mm
 
-    return bool(getattr(mm, "_global_forward_hooks", None) or getattr(mm, "_global_forward_pre_hooks", None))
+    if getattr(mm, "_global_forward_hooks", None) or getattr(mm, "_global_forward_pre_hooks", None):
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules() if itself or m is not module)
 
 
 def _norm_in_place(norm: LayerNorm2d, x: torch.Tensor) -> torch.Tensor:
@@ -379,19 +383,19 @@ class VMamba(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if not (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
-                and numba_available()):
+                and numba_available()) or _hooked(self):
             x = self.patch_embed(x)
             for layer in self.layers:
                 x = layer(x)
             return x
-        # CPU inference: the stem's output and every downsampling's are fresh tensors of this call, so
-        # the blocks may update the residual stream in place, unless a hook could hold a block's output
+        # CPU inference without hooks (a hook could keep a tensor that is then overwritten, or be
+        # skipped): the stem's output and every downsampling's are fresh tensors of this call, so the
+        # stem normalises in place and the blocks update the residual stream in place
         x = self._stem_cpu_inference(x)
         blocks = [m for m in self.modules() if isinstance(m, VSSBlock)]
-        owned = not _global_hooks() and not any(m._forward_hooks or m._forward_pre_hooks for m in blocks)
         try:
             for m in blocks:
-                m._residual_in_place = owned
+                m._residual_in_place = True
             for layer in self.layers:
                 x = layer(x)
         finally:
