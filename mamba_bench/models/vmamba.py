@@ -270,7 +270,7 @@ class VSSBlock(nn.Module):
         return x
 
     def _forward_cpu_inference(self, x: torch.Tensor, in_place: bool = False) -> torch.Tensor:
-        """The same block on CPU without autograd (VMamba-T on 2 cores: 7.6 → 11.6-11.9 img/s, README),
+        """The same block on CPU without autograd (VMamba-T's CPU throughput: README, "bench models"),
         channels-last throughout: LayerNorm (numba) → in-projection → depthwise conv + SiLU → every
         direction's x_proj in one GEMM → the fused SS2D kernel (no Δ, flips or transposes
         materialised) → out-norm (numba, in place); then, in row tiles whose intermediates stay in
@@ -406,7 +406,7 @@ class VMamba(nn.Module):
     def _stem_cpu_inference(self, x: torch.Tensor) -> torch.Tensor:
         """``patch_embed`` with its LayerNorms and GELU in place on the convolutions' channels-last
         outputs: at 224 px the first conv's output is 19 MB per 8 images, and every fresh tensor of
-        that size costs its page faults (VMamba-T's stem: ~44 → ~20 ms on 2 cores)."""
+        that size costs its page faults."""
         pe = self.patch_embed
         x = _norm_in_place(pe[2], pe[0](x))
         return _norm_in_place(pe[7], pe[5](torch.ops.aten.gelu_(x)))

@@ -1,8 +1,9 @@
 """LayerNorm over the last axis on CPU (numba), for VMamba's channels-last inference path.
 
 torch's CPU LayerNorm is slow on short rows: VMamba's stem normalises 100 k rows of 48 channels
-per image, and torch takes ~6x as long as this kernel there (2x on the blocks' 96-channel rows;
-the same from ~384 channels on). Rows are normalised in blocks in parallel; within a row the
+per batch of 8, and torch takes ~6x as long as this kernel there (2x on the blocks' 96-channel
+rows; about the same from ~384 channels on; measured on warm data: on maps that come from memory
+both are bound by its bandwidth). Rows are normalised in blocks in parallel; within a row the
 mean, the variance (two passes, as torch) and the affine output are vectorised loops (the
 reductions may be reassociated, so sums differ from torch's in the last bits).
 """
