@@ -105,6 +105,7 @@ def test_cpu_inference_path_equals_the_general_path(monkeypatch):
     real = vm.VSSBlock._forward_cpu_inference
     monkeypatch.setattr(vm.VSSBlock, "_forward_cpu_inference", lambda self, *a: calls.append(a[1]) or real(self, *a))
     monkeypatch.setattr(vm, "MLP_TILE_FLOATS", 4096)  # 25-27 rows of 160 hidden: several tiles per block
+    monkeypatch.setattr(vm, "MLP_TILE_MIN_ROWS", 1)
     x = torch.randn(3, 3, 61, 47)
     with torch.no_grad():
         fast = model(x)
