@@ -30,12 +30,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mamba_bench.ops.cross_scan import cross_merge, cross_scan
-from mamba_bench.ops.selective_scan import fused_ss2d_available, numba_available, selective_scan, ss2d_scan_cpu
+from mamba_bench.ops.selective_scan import fused_ss2d_available, selective_scan, ss2d_scan_cpu
 
 
-def cpu_inference(x: torch.Tensor, backend: str) -> bool:
+def cpu_inference(x: torch.Tensor, backend: str = "cpu") -> bool:
     """Whether the channels-last CPU inference path applies: fp32 CPU tensors, no autograd, the
-    fused kernel available for the block's scan backend (``cpu``/``auto`` with numba)."""
+    numba kernels available for the scan backend (``cpu``/``auto``; the default asks only for numba)."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
             and fused_ss2d_available(x.device, backend))
 
@@ -68,8 +68,7 @@ class LayerNorm2d(nn.LayerNorm):
         """The same normalisation of a tensor whose last axis is the channels ((b, H, W, C) or rows).
         Contiguous fp32 CPU tensors without autograd (channels-last maps in inference) go through
         the numba kernel, into ``out`` when given (torch's LayerNorm is 2-6x slower on short rows)."""
-        if (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
-                and x.is_contiguous() and numba_available()):
+        if x.is_contiguous() and cpu_inference(x):
             from mamba_bench.ops._numba_norm import layer_norm_last
 
             return layer_norm_last(x, self, out)
@@ -384,17 +383,12 @@ class VMamba(nn.Module):
                 m.scan_backend = backend
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        if not (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
-                and numba_available()) or _hooked(self):
-            x = self.patch_embed(x)
-            for layer in self.layers:
-                x = layer(x)
-            return x
         # CPU inference without hooks (a hook could keep a tensor that is then overwritten, or be
         # skipped): the stem's output and every downsampling's are fresh tensors of this call, so the
         # stem normalises in place and the blocks update the residual stream in place
-        x = self._stem_cpu_inference(x)
-        blocks = [m for m in self.modules() if isinstance(m, VSSBlock)]
+        owned = cpu_inference(x) and not _hooked(self)
+        x = self._stem_cpu_inference(x) if owned else self.patch_embed(x)
+        blocks = [m for m in self.modules() if isinstance(m, VSSBlock)] if owned else []
         try:
             for m in blocks:
                 m._residual_in_place = True

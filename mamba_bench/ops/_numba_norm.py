@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from numba import prange
 
+from mamba_bench.ops._numba_scan import _threads
+
 _FASTMATH = {"contract", "reassoc", "nsz"}  # reassoc: the row sums vectorise; no nnan/ninf: NaN and inf propagate
 ROWS_PER_JOB = 64
 
@@ -46,7 +48,7 @@ def layer_norm_last(x: torch.Tensor, norm: torch.nn.LayerNorm, out: torch.Tensor
     c = x.shape[-1]
     rows = x.reshape(-1, c)
     y = torch.empty_like(x) if out is None else out
-    numba.set_num_threads(max(1, min(numba.config.NUMBA_NUM_THREADS, torch.get_num_threads())))
+    _threads()
     _layer_norm_rows(rows.numpy(), norm.weight.detach().numpy(), norm.bias.detach().numpy(), np.float32(norm.eps),
                      y.view(-1, c).numpy())
     return y
