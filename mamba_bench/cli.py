@@ -253,26 +253,30 @@ def bench_pipeline(
     batch_size: Annotated[int, typer.Option()] = 16,
     workers: Annotated[int | None, typer.Option()] = None,
     device: DeviceOpt = "auto",
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile every model (as corrupt --compile).")]
+    = False,
     out: Annotated[Path, typer.Option(help="Where bench_corrupt.json goes.")] = Path("runs/bench"),
 ) -> None:
     """End-to-end images/s of a 3-model run vs the models alone, and where the time goes."""
     from mamba_bench.eval.bench import bench_corrupt as run
 
     res = run(models=model or ["vmamba-t", "swin-t", "convnext-t"], images=images, severity=3, repeats=1,
-              batch_size=batch_size, workers=workers, device=device, out=out)
+              batch_size=batch_size, workers=workers, device=device, compile=compile, out=out)
     p = res["pipeline"]
     corrupt_ms = sum(res["ms_per_image"].values()) / len(res["ms_per_image"])
     model_ms = 1000.0 / p["model_only_combined_ips"]
     out_console.print(
         f"pipeline on {p.get('device', device)}: {', '.join(p['models'])}; {p['cells']} cells × {p['images']} images, "
-        f"batch {batch_size}, {p['workers']} corruption workers\n"
-        f"  model-only img/s: " + ", ".join(f"{k} {v:.1f}" for k, v in p["model_only_ips"].items()) +
+        f"batch {batch_size}, {p['workers']} corruption workers" + (", torch.compile" if compile else "") + "\n"
+        "  model-only img/s: " + ", ".join(f"{k} {v:.1f}" for k, v in p["model_only_ips"].items()) +
         f"\n  all models, model-only: {p['model_only_combined_ips']:.2f} img/s; end-to-end: "
         f"{p['end_to_end_ips']:.2f} img/s; ratio {p['ratio']:.3f}\n"
         f"  from a materialized set (PNG reads instead of corrupting): {p['from_disk_ips']:.2f} img/s; "
         f"ratio {p['from_disk_ratio']:.3f}\n"
         f"  where the time goes, per image: corrupting {corrupt_ms:.2f} ms on one core (mean over the suite) "
-        f"vs {model_ms:.2f} ms for all models")
+        f"vs {model_ms:.2f} ms for all models; the input pipeline alone (workers corrupting, no model) hands "
+        f"over {p['input_pipeline_ips']:.1f} img/s, {p['input_pipeline_ips'] / p['model_only_combined_ips']:.2f}× "
+        "what the models take")
     full = 15 * 1000 * (1 + 18 * 5 + 2)  # the report's study: 15 images × 1000 classes × 93 cells
     out_console.print(f"  projected wall time of the report's full study ({full:,} images through every model "
                       f"at this end-to-end rate): {full / p['end_to_end_ips'] / 3600:.1f} h")

@@ -1,4 +1,4 @@
-"""GPU-pipeline options that CPU can check: out-of-memory back-off and torch.compile."""
+"""GPU-pipeline pieces that CPU can check: worker chunks and threads, out-of-memory back-off, torch.compile."""
 
 import json
 
@@ -85,3 +85,73 @@ def test_compile_gives_the_eager_predictions(tmp_path):
     assert (a.pred.to_numpy() == b.pred.to_numpy()).all()
     np.testing.assert_allclose(a.confidence, b.confidence, rtol=1e-3, atol=1e-5)
     assert json.loads((tmp_path / "c" / "manifest.json").read_text())["execution"]["compile"] is True
+
+
+class _ThreadCounts(torch.utils.data.Dataset):
+    """Item i = (OpenCV threads, most BLAS/OpenMP threads) of the process that makes it."""
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        import cv2
+        from threadpoolctl import threadpool_info
+
+        return torch.tensor([cv2.getNumThreads(), max([p["num_threads"] for p in threadpool_info()] or [1])])
+
+
+def test_corruption_workers_run_one_thread_each_and_the_parent_keeps_its_own():
+    import cv2
+
+    cv2.setNumThreads(2)  # what OpenCV picks by itself on a 2-core machine; more on bigger ones
+    stream = corrupt_mod.cell_loader(_ThreadCounts(), [[0, 1], [2, 3]], workers=2)
+    got = torch.cat(list(stream))
+    assert got.tolist() == [[1, 1]] * 4
+    assert cv2.getNumThreads() == 2
+    in_process = torch.cat(list(corrupt_mod.cell_loader(_ThreadCounts(), [[0], [1]], workers=0)))
+    assert in_process[:, 0].tolist() == [2, 2]  # no workers: nothing is limited
+
+
+def _digits_cells():
+    from mamba_bench.corruptions import load_suite
+    from mamba_bench.data import open_dataset
+
+    ds = open_dataset("digits", per_class=2, seed=0)
+    images = np.stack([ds.load(i) for i in range(len(ds))])
+    ids = [s.image_id for s in ds.samples]
+    labels = torch.tensor([s.label for s in ds.samples])
+    suite = load_suite()
+    cells = [(None, 0), (suite.corruptions["additive_gaussian_noise"], 3), (suite.corruptions["invert"], 0)]
+    return images, ids, labels, cells
+
+
+def test_batches_made_of_worker_chunks_give_the_same_outputs(monkeypatch):
+    """A batch larger than CHUNK is corrupted in pieces by several workers and joined again: the
+    per-image outputs, their order and the progress counts equal one batch made in this process."""
+    images, ids, labels, cells = _digits_cells()
+    spec = get_spec("convnext-nano")
+    torch.manual_seed(0)
+    model = LoadedModel("convnext-nano", spec, spec.build(10).eval(), None, None)
+
+    def run(workers, shard=(0, 1)):
+        seen = []
+        out = list(corrupt_mod.iterate_cells(images, ids, labels, cells, [0, 1, 2], [model], seed=3, batch_size=8,
+                                             workers=workers, device=torch.device("cpu"), on_batch=seen.append,
+                                             shard=shard))
+        return out, seen
+
+    whole, seen_whole = run(0)
+    monkeypatch.setattr(corrupt_mod, "CHUNK", 3)  # batches of 8 → chunks of 3, 3, 2; the last batch of 4: 3, 1
+    chunked, seen_chunked = run(2)
+    assert seen_whole == seen_chunked == [8, 8, 4] * 3
+    assert [j for j, _, _ in chunked] == [0, 1, 2]
+    for (j, pos, a), (k, pos2, b) in zip(whole, chunked, strict=True):
+        assert j == k and pos.tolist() == pos2.tolist() == list(range(20))
+        for key in a["convnext-nano"]:
+            np.testing.assert_array_equal(a["convnext-nano"][key], b["convnext-nano"][key])
+    # a rank's shard of chunked batches: every other batch, the same outputs at the same positions
+    rank1, seen1 = run(2, shard=(1, 2))
+    assert seen1 == [8] * 3
+    for (_, _, a), (_, pos, b) in zip(whole, rank1, strict=True):
+        assert pos.tolist() == list(range(8, 16))
+        np.testing.assert_array_equal(a["convnext-nano"]["nll"][8:16], b["convnext-nano"]["nll"])

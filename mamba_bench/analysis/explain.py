@@ -209,14 +209,10 @@ def foreground_masks(ds: ImageSet, images: np.ndarray, ids: list[str], masks: st
 def corrupt_images(images: np.ndarray, ids: list[str], cell, seed: int, workers: int) -> np.ndarray:
     """``images`` under one (corruption, severity) cell, made in DataLoader workers (the benchmark's
     per-image corruption, so the same pixels as ``corrupt``)."""
-    import os
+    from mamba_bench.eval.corrupt import _CellImages, cell_loader
 
-    from mamba_bench.eval.corrupt import _CellImages
-
-    loader = torch.utils.data.DataLoader(
-        _CellImages(images, ids, [cell], seed), batch_size=64, num_workers=workers, collate_fn=torch.stack,
-        multiprocessing_context="fork" if workers and os.name == "posix" else None)
-    return torch.cat(list(loader)).numpy()
+    tasks = [list(range(a, min(a + 64, len(ids)))) for a in range(0, len(ids), 64)]
+    return torch.cat(list(cell_loader(_CellImages(images, ids, [cell], seed), tasks, workers=workers))).numpy()
 
 
 # ---------------------------------------------------------------------------------------------- analysis

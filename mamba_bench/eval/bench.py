@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from mamba_bench.corruptions import apply_corruption, load_suite
-from mamba_bench.eval.corrupt import LoadedModel, default_workers, iterate_cells, resolve_device
+from mamba_bench.eval.corrupt import LoadedModel, compile_models, default_workers, iterate_cells, resolve_device
 from mamba_bench.models.preprocess import to_model_input
 from mamba_bench.models.registry import get_spec
 from mamba_bench.results.store import atomic_write_json, environment
@@ -47,7 +47,7 @@ def bench_photos(n: int, size: int = 224) -> tuple[np.ndarray, list[str]]:
 
 def bench_corrupt(*, models: list[str], images: int = 16, severity: int = 3, repeats: int = 3,
                   batch_size: int = 16, workers: int | None = None, device: str = "auto",
-                  out: Path | None = None) -> dict:
+                  compile: bool = False, out: Path | None = None) -> dict:
     suite = load_suite()
     dev = resolve_device(device)
     workers = default_workers() if workers is None else workers
@@ -74,8 +74,12 @@ def bench_corrupt(*, models: list[str], images: int = 16, severity: int = 3, rep
         if dev.type == "cuda":
             module.to(memory_format=torch.channels_last)
         loaded.append(LoadedModel(name, spec, module, None, None))
+    if compile:
+        compile_models(loaded, batch_size, dev)
     labels = torch.zeros(len(ids), dtype=torch.long)
     clean = torch.from_numpy(photos)
+    if dev.type == "cuda":
+        clean = clean.pin_memory()  # as the pipeline's batches are
 
     def sync():
         if dev.type == "cuda":
@@ -101,20 +105,25 @@ def bench_corrupt(*, models: list[str], images: int = 16, severity: int = 3, rep
     combined = 1.0 / sum(1.0 / v for v in model_only.values())
 
     cells = [(c, c.severities[0] if c.severity_free else severity) for c in suite.corruptions.values()]
-    sync()
-    t = time.perf_counter()
-    for _ in iterate_cells(photos, ids, labels, cells, list(range(len(cells))), loaded, seed=0,
-                           batch_size=batch_size, workers=workers, device=dev):
-        pass
-    sync()
-    e2e = len(cells) * len(ids) / (time.perf_counter() - t)
-    disk = _from_disk_ips(photos, ids, labels, cells, loaded, batch_size=batch_size, workers=workers, dev=dev,
-                          sync=sync)
+
+    def through(models_: list[LoadedModel], reader=None) -> float:
+        sync()
+        t = time.perf_counter()
+        for _ in iterate_cells(photos, ids, labels, cells, list(range(len(cells))), models_, seed=0,
+                               batch_size=batch_size, workers=workers, device=dev, reader=reader):
+            pass
+        sync()
+        return len(cells) * len(ids) / (time.perf_counter() - t)
+
+    feed = through([])  # the input pipeline alone: the most images/s the workers can hand over
+    e2e = through(loaded)
+    disk = _from_disk_ips(photos, ids, cells, lambda reader: through(loaded, reader))
     res = {
         "ms_per_image": ms,
         "pipeline": {
             "models": models, "cells": len(cells), "images": len(ids), "batch_size": batch_size,
-            "workers": workers, "device": str(dev), "model_only_ips": model_only,
+            "workers": workers, "device": str(dev), "compile": compile, "model_only_ips": model_only,
+            "input_pipeline_ips": feed,
             "model_only_combined_ips": combined, "end_to_end_ips": e2e, "ratio": e2e / combined,
             "from_disk_ips": disk, "from_disk_ratio": disk / combined,
         },
@@ -126,7 +135,7 @@ def bench_corrupt(*, models: list[str], images: int = 16, severity: int = 3, rep
     return res
 
 
-def _from_disk_ips(photos, ids, labels, cells, loaded, *, batch_size, workers, dev, sync) -> float:
+def _from_disk_ips(photos, ids, cells, run) -> float:
     """End-to-end images/s when the corrupted images come from a materialized set (PNG reads)."""
     import tempfile
 
@@ -138,11 +147,4 @@ def _from_disk_ips(photos, ids, labels, cells, loaded, *, batch_size, workers, d
             for img, iid in zip(photos, ids, strict=True):
                 _write_png(root / cell_dir(c.name, sev) / image_file(iid),
                            apply_corruption(c, sev, img, seed=0, image_id=iid))
-        reader = DiskReader(root, {iid: image_file(iid) for iid in ids})
-        sync()
-        t = time.perf_counter()
-        for _ in iterate_cells(photos, ids, labels, cells, list(range(len(cells))), loaded, seed=0,
-                               batch_size=batch_size, workers=workers, device=dev, reader=reader):
-            pass
-        sync()
-        return len(cells) * len(ids) / (time.perf_counter() - t)
+        return run(DiskReader(root, {iid: image_file(iid) for iid in ids}))

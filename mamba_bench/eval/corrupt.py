@@ -8,6 +8,7 @@ metrics → one part file per cell → final tables and plots. Corruption of an 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -20,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mamba_bench.corruptions import Corruption, Suite, apply_corruption, load_suite
+from mamba_bench.corruptions import Corruption, Suite, apply_corruption, load_suite, preload_corruptions
 from mamba_bench.data import ImageSet, open_dataset
 from mamba_bench.errors import CheckpointError, MambaBenchError
 from mamba_bench.eval.distributed import Dist, init_distributed, merge_shards, shard_path, write_shard
@@ -210,6 +211,52 @@ def _load_clean(ds: ImageSet, workers: int) -> tuple[np.ndarray, list[int], list
     return images, keep, skipped
 
 
+CHUNK = 16  # images per DataLoader task: a batch is corrupted by several workers at once
+
+
+@contextlib.contextmanager
+def _one_thread_each():
+    """Processes forked inside get one OpenCV thread and one BLAS/OpenMP thread each.
+
+    Both libraries start a thread per core in every process, so N corruption workers on a C-core
+    machine would run N × C threads for the same work. The limits are set here, in the parent,
+    around the fork and restored after it: ``cv2.setNumThreads`` called in a forked child can
+    deadlock on the pool the parent's threads left behind (3 hangs in 4 tries here).
+    """
+    from threadpoolctl import threadpool_limits
+
+    try:
+        import cv2
+    except ImportError:  # imgaug without OpenCV: nothing to limit
+        cv2 = None
+    before = cv2.getNumThreads() if cv2 is not None else None
+    if cv2 is not None:
+        cv2.setNumThreads(1)
+    try:
+        with threadpool_limits(1):
+            yield
+    finally:
+        if cv2 is not None:
+            cv2.setNumThreads(before)
+
+
+def cell_loader(dataset: torch.utils.data.Dataset, tasks: list[list[int]], *, workers: int,
+                device: torch.device = torch.device("cpu"), lookahead: int = 2, collate=torch.stack):
+    """An iterator over ``collate([dataset[i] for i in task])`` for each task, in order, made by
+    ``workers`` forked processes (none: in this one) holding ``lookahead`` tasks each in flight;
+    pinned memory for a CUDA ``device``."""
+    workers = workers if tasks else 0
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=tasks, num_workers=workers, collate_fn=collate,
+        pin_memory=device.type == "cuda", multiprocessing_context="fork" if workers and os.name == "posix" else None,
+        prefetch_factor=lookahead if workers else None,
+    )
+    if not workers:
+        return iter(loader)
+    with _one_thread_each():
+        return iter(loader)  # the workers are forked here
+
+
 def iterate_cells(images: np.ndarray, ids: list[str], labels: torch.Tensor,
                   cells: list[tuple[Corruption | None, int]], pending: list[int], models: list[LoadedModel], *,
                   seed: int, batch_size: int, workers: int, device: torch.device, on_batch=None,
@@ -217,42 +264,49 @@ def iterate_cells(images: np.ndarray, ids: list[str], labels: torch.Tensor,
     """Yield ``(cell index, image positions, {model: per-image arrays})`` for each pending cell, in order.
 
     Each corrupted batch is made once (in DataLoader workers, overlapping with the models' compute)
-    and fed to every model before the next one is taken. With ``shard=(rank, world)`` this process
-    takes every world-th batch of each cell, starting at its rank: the batches are the ones a single
-    process would make, so per-image results do not depend on the number of processes.
+    and fed to every model before the next one is taken. Workers corrupt chunks of at most
+    ``CHUNK`` images, so one batch of a slow corruption is spread over several workers instead of
+    holding up the queue in one; the chunks are joined on the device. Per-image outputs stay on the
+    device until the cell is complete: nothing waits for the accelerator between batches.
+
+    With ``shard=(rank, world)`` this process takes every world-th batch of each cell, starting at
+    its rank: the batches are the ones a single process would make, so per-image results do not
+    depend on the number of processes.
     """
     rank, world = shard
     n = len(ids)
+    chunk = min(batch_size, CHUNK) if workers else batch_size
     plan = []
     for j in pending:
-        cell_batches = [list(range(j * n + a, j * n + min(a + batch_size, n))) for a in range(0, n, batch_size)]
+        cell_batches = [(j * n + a, min(a + batch_size, n) - a) for a in range(0, n, batch_size)]
         plan.append((j, cell_batches[rank::world]))
-    flat = [b for _, mine in plan for b in mine]
-    loader = torch.utils.data.DataLoader(
-        _CellImages(images, ids, cells, seed, reader), batch_sampler=flat, num_workers=workers if flat else 0,
-        collate_fn=torch.stack, pin_memory=device.type == "cuda",
-        multiprocessing_context="fork" if workers and flat and os.name == "posix" else None,
-    )
-    stream = zip(flat, loader, strict=True)
+    tasks = [list(range(s + c, s + min(c + chunk, size))) for _, mine in plan for s, size in mine
+             for c in range(0, size, chunk)]
+    if workers and tasks and reader is None and any(c is not None for c, _ in cells):
+        preload_corruptions()  # imported once here, inherited by the forked workers
+    # the same look-ahead in images as two whole batches per worker
+    stream = cell_loader(_CellImages(images, ids, cells, seed, reader), tasks, workers=workers, device=device,
+                         lookahead=2 * -(-batch_size // chunk))
     limits: dict[str, int] = {}  # model → largest sub-batch that fitted after an out-of-memory
     backoff = [] if backoff is None else backoff
+    on_device = labels.to(device)
     with torch.inference_mode():
         for j, mine in plan:
             acc: dict[str, list[dict[str, torch.Tensor]]] = {m.name: [] for m in models}
             positions: list[int] = []
-            for _ in mine:
-                idxs, batch = next(stream)
-                start = idxs[0] - j * n
-                y = labels[start:start + len(idxs)].to(device)
+            for s, size in mine:
+                chunks = [next(stream).to(device, non_blocking=True) for _ in range(0, size, chunk)]
+                batch = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+                start = s - j * n
+                y = on_device[start:start + size]
                 for m in models:
                     x = to_model_input(batch, m.spec, device)
-                    logits = forward_with_backoff(m, x, limits, backoff)
-                    acc[m.name].append({k: v.cpu() for k, v in per_image(logits, y).items()})
-                positions += range(start, start + len(idxs))
+                    acc[m.name].append(per_image(forward_with_backoff(m, x, limits, backoff), y))
+                positions += range(start, start + size)
                 if on_batch is not None:
-                    on_batch(len(idxs))
-            yield j, np.asarray(positions, np.int64), {
-                name: {k: torch.cat([b[k] for b in parts]).numpy() for k in parts[0]} if parts else {}
+                    on_batch(size)
+            yield j, np.asarray(positions, np.int64), {  # the one wait for the device per cell
+                name: {k: torch.cat([b[k] for b in parts]).cpu().numpy() for k in parts[0]} if parts else {}
                 for name, parts in acc.items()}
 
 

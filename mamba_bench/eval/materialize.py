@@ -18,11 +18,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from mamba_bench.corruptions import Corruption, load_suite
 from mamba_bench.errors import MambaBenchError, RunDirError
-from mamba_bench.eval.corrupt import _CellImages
+from mamba_bench.eval.corrupt import _CellImages, cell_loader
 from mamba_bench.results.store import atomic_write_json
 
 MANIFEST = "materialized.json"
@@ -119,9 +118,8 @@ def materialize(data: str, out: str | os.PathLike, *, corruptions="all", severit
         raise MambaBenchError(f"two images of {data} would both be written as {dup} (same name, another suffix); "
                               "rename one of them")
     writer = _Writer(out, images, ids, cells, seed)
-    loader = torch.utils.data.DataLoader(writer, batch_size=16, num_workers=workers,
-                                         collate_fn=lambda b: sum(b),
-                                         multiprocessing_context="fork" if workers and os.name == "posix" else None)
+    tasks = [list(range(a, min(a + 16, len(writer)))) for a in range(0, len(writer), 16)]
+    loader = cell_loader(writer, tasks, workers=workers, collate=sum)
     written = 0
     for k in loader:
         written += k
