@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 
 from tests.conftest import ROOT, run_cli
 
@@ -21,16 +22,43 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
+
+
 def _torchrun(out, env=None):
-    full = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                            "--master-addr", "127.0.0.1", "--master-port", str(_port()), "-m", "mamba_bench", *ARGS,
-                           "--out", str(out)], capture_output=True, text=True, timeout=600, env=full, cwd=ROOT)
+                           "--out", str(out)], capture_output=True, text=True, timeout=600, env={**ENV, **(env or {})},
+                          cwd=ROOT)
 
 
-def test_two_processes_match_one_and_a_dead_rank_resumes(tmp_path):
-    one = run_cli(*ARGS, "--out", str(tmp_path / "one"))
-    assert one.returncode == 0, one.stderr
+@pytest.fixture(scope="module")
+def one(tmp_path_factory):
+    out = tmp_path_factory.mktemp("one")
+    res = run_cli(*ARGS, "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    return out
+
+
+def test_two_nodes_match_one_process(tmp_path, one):
+    """Multi-node: two torchrun launchers (one per "node", both local rank 0) sharing one --out."""
+    port = str(_port())
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(k),
+                               "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", port,
+                               "-m", "mamba_bench", *ARGS, "--out", str(tmp_path / "nodes")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT)
+             for k in (0, 1)]
+    results = [n.communicate(timeout=600) for n in nodes]
+    assert [n.returncode for n in nodes] == [0, 0], results[0][1][-2000:] + results[1][1][-2000:]
+    for table in ("metrics", "summary", "predictions"):
+        pd.testing.assert_frame_equal(pd.read_parquet(one / f"{table}.parquet"),
+                                      pd.read_parquet(tmp_path / "nodes" / f"{table}.parquet"), check_exact=True)
+    session = json.loads((tmp_path / "nodes" / "manifest.json").read_text())["sessions"][-1]
+    assert session["shards_computed_per_rank"] == [6, 6]  # each node's process took its shard of every cell
+
+
+def test_two_processes_match_one_and_a_dead_rank_resumes(tmp_path, one):
+    tmp_path.joinpath("one").symlink_to(one)
     two = _torchrun(tmp_path / "two")
     assert two.returncode == 0, two.stderr[-3000:]
     for table in ("metrics", "summary", "predictions"):
