@@ -135,15 +135,15 @@ def test_batches_made_of_worker_chunks_give_the_same_outputs(monkeypatch):
 
     def run(workers, shard=(0, 1)):
         seen = []
-        out = list(corrupt_mod.iterate_cells(images, ids, labels, cells, [0, 1, 2], [model], seed=3, batch_size=8,
+        out = list(corrupt_mod.iterate_cells(images, ids, labels, cells, [0, 1, 2], [model], seed=3, batch_size=7,
                                              workers=workers, device=torch.device("cpu"), on_batch=seen.append,
                                              shard=shard))
         return out, seen
 
     whole, seen_whole = run(0)
-    monkeypatch.setattr(corrupt_mod, "CHUNK", 3)  # batches of 8 → chunks of 3, 3, 2; the last batch of 4: 3, 1
+    monkeypatch.setattr(corrupt_mod, "CHUNK", 3)  # 2 workers: batches of 7 → chunks of 4 and 3; the last of 6: 4, 2
     chunked, seen_chunked = run(2)
-    assert seen_whole == seen_chunked == [8, 8, 4] * 3
+    assert seen_whole == seen_chunked == [7, 7, 6] * 3
     assert [j for j, _, _ in chunked] == [0, 1, 2]
     for (j, pos, a), (k, pos2, b) in zip(whole, chunked, strict=True):
         assert j == k and pos.tolist() == pos2.tolist() == list(range(20))
@@ -151,7 +151,7 @@ def test_batches_made_of_worker_chunks_give_the_same_outputs(monkeypatch):
             np.testing.assert_array_equal(a["convnext-nano"][key], b["convnext-nano"][key])
     # a rank's shard of chunked batches: every other batch, the same outputs at the same positions
     rank1, seen1 = run(2, shard=(1, 2))
-    assert seen1 == [8] * 3
+    assert seen1 == [7] * 3
     for (_, _, a), (_, pos, b) in zip(whole, rank1, strict=True):
-        assert pos.tolist() == list(range(8, 16))
-        np.testing.assert_array_equal(a["convnext-nano"]["nll"][8:16], b["convnext-nano"]["nll"])
+        assert pos.tolist() == list(range(7, 14))
+        np.testing.assert_array_equal(a["convnext-nano"]["nll"][7:14], b["convnext-nano"]["nll"])

@@ -211,7 +211,7 @@ def _load_clean(ds: ImageSet, workers: int) -> tuple[np.ndarray, list[int], list
     return images, keep, skipped
 
 
-CHUNK = 16  # images per DataLoader task: a batch is corrupted by several workers at once
+CHUNK = 16  # images per DataLoader task (or a batch / workers if more): a batch is corrupted by several workers
 
 
 @contextlib.contextmanager
@@ -264,9 +264,9 @@ def iterate_cells(images: np.ndarray, ids: list[str], labels: torch.Tensor,
     """Yield ``(cell index, image positions, {model: per-image arrays})`` for each pending cell, in order.
 
     Each corrupted batch is made once (in DataLoader workers, overlapping with the models' compute)
-    and fed to every model before the next one is taken. Workers corrupt chunks of at most
-    ``CHUNK`` images, so one batch of a slow corruption is spread over several workers instead of
-    holding up the queue in one; the chunks are joined on the device. Per-image outputs stay on the
+    and fed to every model before the next one is taken. Workers corrupt chunks of ``CHUNK`` images
+    (at least a batch / workers), so one batch of a slow corruption is spread over several workers
+    instead of holding up the queue in one; the chunks are joined on the device. Per-image outputs stay on the
     device until the cell is complete: nothing waits for the accelerator between batches.
 
     With ``shard=(rank, world)`` this process takes every world-th batch of each cell, starting at
@@ -275,7 +275,8 @@ def iterate_cells(images: np.ndarray, ids: list[str], labels: torch.Tensor,
     """
     rank, world = shard
     n = len(ids)
-    chunk = min(batch_size, CHUNK) if workers else batch_size
+    # split a batch no finer than the workers can share it: one worker gains nothing from chunks
+    chunk = max(min(batch_size, CHUNK), -(-batch_size // workers)) if workers else batch_size
     plan = []
     for j in pending:
         cell_batches = [(j * n + a, min(a + batch_size, n) - a) for a in range(0, n, batch_size)]
