@@ -96,6 +96,9 @@ def test_bench_corrupt_reports_every_corruption(cli, tmp_path):
     p = data["pipeline"]
     assert p["cells"] == 20 and 0 < p["ratio"] < 10 and 0 < p["from_disk_ratio"] < 10
     assert p["model_only_combined_ips"] < min(p["model_only_ips"].values())
+    # both figures count the same images: one pass over the clean images per cell
+    assert p["model_only_combined_ips"] == pytest.approx(1 / sum(1 / v for v in p["model_only_ips"].values()))
+    assert p["input_pipeline_ips"] > 0 and p["compile"] is False
 
 
 @pytest.mark.parametrize("args", [["bench", "models", "--model", "start-m", "--device", "cpu", "--repeats", "1"],
