@@ -102,12 +102,16 @@ class _ThreadCounts(torch.utils.data.Dataset):
 
 def test_corruption_workers_run_one_thread_each_and_the_parent_keeps_its_own():
     import cv2
+    from threadpoolctl import threadpool_info
 
     cv2.setNumThreads(2)  # what OpenCV picks by itself on a 2-core machine; more on bigger ones
+    pools, threads = threadpool_info(), torch.get_num_threads()
     stream = corrupt_mod.cell_loader(_ThreadCounts(), [[0, 1], [2, 3]], workers=2)
     got = torch.cat(list(stream))
     assert got.tolist() == [[1, 1]] * 4
-    assert cv2.getNumThreads() == 2
+    # the models in this process keep their threads
+    assert cv2.getNumThreads() == 2 and torch.get_num_threads() == threads
+    assert [p["num_threads"] for p in threadpool_info()][:len(pools)] == [p["num_threads"] for p in pools]
     in_process = torch.cat(list(corrupt_mod.cell_loader(_ThreadCounts(), [[0], [1]], workers=0)))
     assert in_process[:, 0].tolist() == [2, 2]  # no workers: nothing is limited
 
