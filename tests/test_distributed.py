@@ -40,16 +40,21 @@ def one(tmp_path_factory):
     return out
 
 
-def test_two_nodes_match_one_process(tmp_path, one):
-    """Multi-node: two torchrun launchers (one per "node", both local rank 0) sharing one --out."""
+def _two_nodes(out0, out1):
+    """Two torchrun launchers as two nodes (both local rank 0); each node's --out as given."""
     port = str(_port())
     nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(k),
                                "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", port,
-                               "-m", "mamba_bench", *ARGS, "--out", str(tmp_path / "nodes")],
+                               "-m", "mamba_bench", *ARGS, "--out", str(out)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT)
-             for k in (0, 1)]
-    results = [n.communicate(timeout=600) for n in nodes]
-    assert [n.returncode for n in nodes] == [0, 0], results[0][1][-2000:] + results[1][1][-2000:]
+             for k, out in enumerate((out0, out1))]
+    return [(n.communicate(timeout=600)[1], n.wait()) for n in nodes]
+
+
+def test_two_nodes_match_one_process(tmp_path, one):
+    """Multi-node: two torchrun launchers (one per "node", both local rank 0) sharing one --out."""
+    results = _two_nodes(tmp_path / "nodes", tmp_path / "nodes")
+    assert [rc for _, rc in results] == [0, 0], results[0][0][-2000:] + results[1][0][-2000:]
     for table in ("metrics", "summary", "predictions"):
         pd.testing.assert_frame_equal(pd.read_parquet(one / f"{table}.parquet"),
                                       pd.read_parquet(tmp_path / "nodes" / f"{table}.parquet"), check_exact=True)
@@ -83,3 +88,12 @@ def test_two_processes_match_one_and_a_dead_rank_resumes(tmp_path, one):
     session = json.loads((tmp_path / "dead" / "manifest.json").read_text())["sessions"][-1]
     assert session["shards_computed_per_rank"][1] == 6 - 2
     assert stamps and not list((tmp_path / "dead" / "parts").glob("shard-*"))
+
+
+def test_nodes_that_do_not_share_out_stop_before_any_work(tmp_path):
+    """As if node 1's --out were a local disk: every rank stops with one clear line, nothing computed."""
+    results = _two_nodes(tmp_path / "a", tmp_path / "b")
+    assert all(rc != 0 for _, rc in results)
+    for err, _ in results:
+        assert "rank(s) 1 cannot see the manifest rank 0 wrote" in err and "every node sees" in err
+    assert not list((tmp_path / "a").glob("parts/shard-*")) and not (tmp_path / "a" / "metrics.parquet").exists()

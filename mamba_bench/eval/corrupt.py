@@ -438,6 +438,10 @@ def _run_corrupt(cfg: CorruptConfig, workers: int, device: torch.device, dist: D
     error = dist.broadcast(error)  # every rank stops on rank 0's bad input (and waits for the manifest)
     if error is not None:
         raise MambaBenchError(error)
+    blind = [r for r, sees in enumerate(dist.gather(store.manifest_path.is_file())) if not sees]
+    if blind:  # e.g. nodes whose --out is a local disk: rank 0 could never merge their shards
+        raise MambaBenchError(f"rank(s) {', '.join(map(str, blind))} cannot see the manifest rank 0 wrote to "
+                              f"{cfg.out}: with several machines, --out must be on a file system every node sees")
     if not dist.main:
         manifest = store.manifest = json.loads(store.manifest_path.read_text())
 
