@@ -16,9 +16,7 @@ from .suite import (
     default_suite_path,
     load_suite,
     mean_abs_change,
-    preload_corruptions,
 )
 
 __all__ = ["CLEAN", "SEVERITIES", "Corruption", "Suite", "apply_corruption", "corruption_seed",
-           "default_suite_path", "eval_crop", "load_suite", "make_gallery", "mean_abs_change",
-           "preload_corruptions"]
+           "default_suite_path", "eval_crop", "load_suite", "make_gallery", "mean_abs_change"]

@@ -65,11 +65,6 @@ def _iaa():
     return iaa
 
 
-def preload_corruptions() -> None:
-    """Import what corrupting needs now, so processes forked from this one do not each import it."""
-    _iaa()
-
-
 @dataclass(frozen=True)
 class Corruption:
     """One named corruption: an imgaug augmenter class and its keyword arguments per severity.

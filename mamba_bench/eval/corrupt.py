@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mamba_bench.corruptions import Corruption, Suite, apply_corruption, load_suite, preload_corruptions
+from mamba_bench.corruptions import Corruption, Suite, apply_corruption, load_suite
 from mamba_bench.data import ImageSet, open_dataset
 from mamba_bench.errors import CheckpointError, MambaBenchError
 from mamba_bench.eval.distributed import Dist, init_distributed, merge_shards, shard_path, write_shard
@@ -223,21 +223,16 @@ def _one_thread_each():
     around the fork and restored after it: ``cv2.setNumThreads`` called in a forked child can
     deadlock on the pool the parent's threads left behind (3 hangs in 4 tries here).
     """
+    import cv2  # imgaug's own dependency
     from threadpoolctl import threadpool_limits
 
-    try:
-        import cv2
-    except ImportError:  # imgaug without OpenCV: nothing to limit
-        cv2 = None
-    before = cv2.getNumThreads() if cv2 is not None else None
-    if cv2 is not None:
-        cv2.setNumThreads(1)
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(1)
     try:
         with threadpool_limits(1):
             yield
     finally:
-        if cv2 is not None:
-            cv2.setNumThreads(before)
+        cv2.setNumThreads(before)
 
 
 def cell_loader(dataset: torch.utils.data.Dataset, tasks: list[list[int]], *, workers: int,
@@ -283,8 +278,6 @@ def iterate_cells(images: np.ndarray, ids: list[str], labels: torch.Tensor,
         plan.append((j, cell_batches[rank::world]))
     tasks = [list(range(s + c, s + min(c + chunk, size))) for _, mine in plan for s, size in mine
              for c in range(0, size, chunk)]
-    if workers and tasks and reader is None and any(c is not None for c, _ in cells):
-        preload_corruptions()  # imported once here, inherited by the forked workers
     # the same look-ahead in images as two whole batches per worker
     stream = cell_loader(_CellImages(images, ids, cells, seed, reader), tasks, workers=workers, device=device,
                          lookahead=2 * -(-batch_size // chunk))
