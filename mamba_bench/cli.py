@@ -277,9 +277,12 @@ def bench_pipeline(
         f"vs {model_ms:.2f} ms for all models; the input pipeline alone (workers corrupting, no model) hands "
         f"over {p['input_pipeline_ips']:.1f} img/s, {p['input_pipeline_ips'] / p['model_only_combined_ips']:.2f}× "
         "what the models take")
-    full = 15 * 1000 * (1 + 18 * 5 + 2)  # the report's study: 15 images × 1000 classes × 93 cells
-    out_console.print(f"  projected wall time of the report's full study ({full:,} images through every model "
-                      f"at this end-to-end rate): {full / p['end_to_end_ips'] / 3600:.1f} h")
+    study = p["projected_study"]
+    out_console.print(
+        "  projected wall time of the report's study (15 images × 1000 classes through every model at this "
+        f"end-to-end rate): {study['minutes_one_severity']:.1f} min for its {study['cells_one_severity']} "
+        f"transformations at one severity, {study['minutes_all_severities']:.1f} min with all severities "
+        f"({study['cells_all_severities']} cells)")
 
 
 @bench_app.command("scan")

@@ -229,6 +229,22 @@ def test_trained_checkpoint_via_weights(tmp_path):
     assert swapped.returncode == 2 and "does not fit convnext-nano" in swapped.stderr
 
 
+def test_non_finite_logits_stop_the_run_before_a_wrong_row(tmp_path):
+    """NaN logits would be scored as class 0 (right for every digit 0) with NaN NLL/ECE: one clear line."""
+    model = create_model("convnext-nano")
+    last = [mod for mod in model.modules() if isinstance(mod, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.bias[3] = float("nan")
+    w = save_checkpoint(model, tmp_path / "nan.safetensors", {})
+    out = tmp_path / "o"
+    res = run_cli("corrupt", "--data", "digits", "--per-class", "1", "--model", "convnext-nano", "--weights", str(w),
+                  "--corruptions", "invert", "--no-progress", "--workers", "0", "--out", str(out))
+    assert res.returncode == 2, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+    assert "convnext-nano gave non-finite logits (NaN/inf) for 10 of 10 images of clean" in res.stderr
+    assert not (out / "metrics.parquet").exists() and not list(out.rglob("*.parquet"))
+
+
 def test_atomic_write_bytes_leaves_the_old_file_whole(tmp_path, monkeypatch):
     from mamba_bench.results import store
 

@@ -9,6 +9,7 @@ from mamba_bench.eval.metrics import (
     add_clean_drop,
     corruption_errors,
     expected_calibration_error,
+    nonfinite,
     per_image,
     summarize,
 )
@@ -25,6 +26,20 @@ def test_per_image_top1_top5_nll():
     expected = -torch.log_softmax(logits, 1)[torch.arange(3), labels]
     assert torch.allclose(out["nll"], expected)
     assert out["confidence"][1] == pytest.approx(float(torch.softmax(logits[1], 0).max()))
+
+
+def test_per_image_ties_and_nan_logits():
+    # all logits equal: the prediction is the first of the top-5, so right at top-1 ⇒ right at top-5
+    out = per_image(torch.zeros(3, 10), torch.tensor([0, 4, 9]))
+    assert out["pred"].tolist() == torch.zeros(3, 10).topk(5).indices[:, 0].tolist()
+    assert not (out["correct"] & ~out["correct5"]).any()
+    # NaN logits: a NaN confidence that nonfinite() counts (the run stops on it)
+    logits = torch.randn(4, 6)
+    logits[1, 2] = float("nan")
+    logits[3] = float("nan")
+    per = {k: v.numpy() for k, v in per_image(logits, torch.tensor([0, 1, 2, 3])).items()}
+    assert nonfinite(per) == 2 and np.isnan(per["confidence"][[1, 3]]).all()
+    assert np.isfinite(per["confidence"][[0, 2]]).all()
 
 
 def test_ece_hand_computed():
@@ -66,6 +81,19 @@ def test_corruption_error_imagenet_c_definitions():
     assert out.loc[("A", "noise"), "ce"] == pytest.approx(100.0)
     assert out.loc[("B", "mean"), "ce"] == pytest.approx((45 / 70 + 40 / 60) / 2 * 100)
     assert out.loc[("B", "mean"), "mean_top1"] == pytest.approx((77.5 + 80) / 2)
+
+
+def test_zero_baseline_denominator_is_nan_for_every_model_and_left_out_of_the_means():
+    t = _table()
+    # the baseline A errs on blur exactly as on clean images: relative CE of blur is 0 / 0 for A, x / 0 for B
+    t.loc[(t.model == "A") & (t.corruption == "blur"), "top1"] = 80
+    out = corruption_errors(t, baseline="A").set_index(["model", "corruption"])
+    assert out.loc[[("A", "blur"), ("B", "blur")], "relative_ce"].isna().all()
+    assert np.isfinite(out["relative_ce"].dropna()).all()  # never ±inf
+    # both models' relative mCE is over noise alone
+    assert out.loc[("A", "mean"), "relative_ce"] == pytest.approx(100.0)
+    assert out.loc[("B", "mean"), "relative_ce"] == pytest.approx(25 / 30 * 100)
+    assert out.loc[("B", "blur"), "ce"] == pytest.approx(40 / 40 * 100)  # CE itself stays defined
 
 
 def test_without_baseline_ce_is_nan_but_means_exist():

@@ -121,6 +121,15 @@ def test_report_escapes_and_is_a_baseline(run_dir, tmp_path, cli):
     # the report directory is a baseline for compare
     r = cli("compare", str(out), str(run_dir))
     assert r.returncode == 0, r.stderr
+    # made again into the same folder from a run of that name without predictions: none are left behind
+    again = tmp_path / "again" / run_dir.name
+    shutil.copytree(run_dir, again)
+    (again / "predictions.parquet").unlink()
+    assert (out / "data" / run_dir.name / "predictions.parquet").exists()
+    r = cli("report", str(again), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert not (out / "data" / run_dir.name / "predictions.parquet").exists()
+    assert (out / "data" / run_dir.name / "metrics.parquet").exists()
 
 
 def _chromium() -> str | None:
@@ -146,3 +155,41 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path, cli):
     assert img.size == (412, 1600)
     extrema = img.getextrema()
     assert extrema[0] < 100 and extrema[1] > 200  # text and background: something was drawn
+
+
+def _run(name: str, cells: list[tuple[str, int]], wrong: dict, n: int = 200):
+    """A corrupt Run in memory: ``n`` images per cell, all correct except ``wrong[cell]`` first images."""
+    from mamba_bench.report.runs import Run
+
+    preds, metrics = [], []
+    for corruption, severity in cells:
+        correct = [i >= wrong.get((corruption, severity), 0) for i in range(n)]
+        preds += [{"model": "m", "dataset": "d", "corruption": corruption, "severity": severity,
+                   "image_id": f"img{i}", "correct": c} for i, c in enumerate(correct)]
+        metrics.append({"model": "m", "dataset": "d", "corruption": corruption, "severity": severity,
+                        "top1": 100.0 * sum(correct) / n})
+    man = {"seed": 0, "suite": {"sha256": "s"}}
+    return Run(name, Path(name), "corrupt", man, {"metrics": pd.DataFrame(metrics), "predictions": pd.DataFrame(preds)})
+
+
+def test_compare_counts_a_row_measured_in_several_runs_once():
+    from mamba_bench.errors import MambaBenchError
+    from mamba_bench.report.compare import compare
+
+    # two runs per side (severities 1 and 3 apart), each measuring the clean images again
+    base = [_run("b1", [("clean", 0), ("blur", 1)], {}), _run("b2", [("clean", 0), ("blur", 3)], {})]
+    cand = [_run("c1", [("clean", 0), ("blur", 1)], {("clean", 0): 3}),
+            _run("c2", [("clean", 0), ("blur", 3)], {("clean", 0): 3})]
+    c = compare(base, cand, max_drop=1.0)
+    assert len(c.rows) == 3 and not c.warnings
+    clean = c.rows[c.rows.corruption == "clean"].iloc[0]
+    # 3 of 200 images flipped: paired once each (not 4×), p of McNemar(3, 0), a 1.5-point drop within noise
+    assert clean.paired_images == 200 and clean.p_value == pytest.approx(mcnemar_p(3, 0))
+    assert clean.verdict == "within noise" and len(c.regressions) == 0
+    # copies that disagree: the first run's is used, with a warning; --strict refuses
+    cand[1] = _run("c2", [("clean", 0), ("blur", 3)], {("clean", 0): 50})
+    c = compare(base, cand, max_drop=1.0)
+    assert c.rows[c.rows.corruption == "clean"].iloc[0].top1_cand == pytest.approx(98.5)
+    assert len(c.warnings) == 1 and "m/clean/0" in c.warnings[0] and "candidate" in c.warnings[0]
+    with pytest.raises(MambaBenchError, match="--strict"):
+        compare(base, cand, max_drop=1.0, strict=True)

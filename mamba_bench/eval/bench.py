@@ -128,6 +128,7 @@ def bench_corrupt(*, models: list[str], images: int = 16, severity: int = 3, rep
             "input_pipeline_ips": feed,
             "model_only_combined_ips": combined, "end_to_end_ips": e2e, "ratio": e2e / combined,
             "from_disk_ips": disk, "from_disk_ratio": disk / combined,
+            "projected_study": project_study(e2e),
         },
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "processor": platform.processor(), **environment()},
@@ -135,6 +136,17 @@ def bench_corrupt(*, models: list[str], images: int = 16, severity: int = 3, rep
     if out is not None:
         atomic_write_json(Path(out) / "bench_corrupt.json", res)
     return res
+
+
+def project_study(ips: float, per_class: int = 15, classes: int = 1000) -> dict[str, float]:
+    """Minutes for the report's study at ``ips`` images/s through every model: clean + every corruption
+    at one severity (the report's 21 transformations), and with all 5 severities (1 + 18 × 5 + 2
+    severity-free = 93 cells). The MISSION's targets on one H100: 15 min and 1 h."""
+    corruptions = load_suite().corruptions.values()
+    one, every = 1 + len(corruptions), 1 + sum(len(c.severities) for c in corruptions)
+    images = per_class * classes
+    return {"cells_one_severity": one, "minutes_one_severity": images * one / ips / 60,
+            "cells_all_severities": every, "minutes_all_severities": images * every / ips / 60}
 
 
 def _from_disk_ips(photos, ids, cells, run) -> float:

@@ -25,7 +25,7 @@ from mamba_bench.corruptions import Corruption, Suite, apply_corruption, load_su
 from mamba_bench.data import ImageSet, open_dataset
 from mamba_bench.errors import CheckpointError, MambaBenchError
 from mamba_bench.eval.distributed import Dist, init_distributed, merge_shards, shard_path, write_shard
-from mamba_bench.eval.metrics import add_clean_drop, corruption_errors, per_image, summarize
+from mamba_bench.eval.metrics import add_clean_drop, corruption_errors, nonfinite, per_image, summarize
 from mamba_bench.models.preprocess import to_model_input
 from mamba_bench.models.registry import ModelSpec, get_spec, spec_for_weights
 from mamba_bench.models.weights import file_sha256, load_weights_into
@@ -478,6 +478,7 @@ def _run_corrupt(cfg: CorruptConfig, workers: int, device: torch.device, dist: D
                 images, ids, labels, cells, mine, models, seed=cfg.seed, batch_size=cfg.batch_size,
                 workers=workers, device=device, on_batch=lambda k: bar.advance(task, k),
                 shard=(dist.rank, dist.world), reader=reader, backoff=backoff):
+            _check_finite(per_model, cells[j], device)
             if dist.active:
                 write_shard(shard_path(store.parts, key[j], dist.rank, dist.world), positions, per_model)
                 _test_crash_hook(dist.rank)
@@ -517,6 +518,20 @@ def _run_corrupt(cfg: CorruptConfig, workers: int, device: torch.device, dist: D
                  else []), plots=[p.name for p in plots], config_cli=asdict(cfg) | {"progress": None})
     dist.barrier()
     return RunResult(store.root, metrics, summary, store.manifest)
+
+
+def _check_finite(per_model: dict[str, dict[str, np.ndarray]], cell: tuple[Corruption | None, int],
+                  device: torch.device) -> None:
+    """Stop before a cell is written when a model's logits held NaN/inf: its top-1 would count those
+    images as predicted class 0 and its NLL/ECE would be NaN — a silently wrong row."""
+    for name, per in per_model.items():
+        bad = nonfinite(per)
+        if bad:
+            cname = f"{cell[0].name}/{cell[1]}" if cell[0] else "clean"
+            hint = " or run it in fp32 (--device cpu; on CUDA it runs under bf16 autocast)" \
+                if device.type == "cuda" else ""
+            raise MambaBenchError(f"{name} gave non-finite logits (NaN/inf) for {bad} of {per['confidence'].size} "
+                                  f"images of {cname}: check its weights{hint}; finished cells are kept")
 
 
 def _read_result(store: RunStore) -> RunResult:

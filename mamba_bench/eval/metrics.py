@@ -15,19 +15,27 @@ ECE_BINS = 15
 
 @torch.no_grad()
 def per_image(logits: torch.Tensor, labels: torch.Tensor, k: int = 5) -> dict[str, torch.Tensor]:
-    """Prediction, top-1/top-k correctness, confidence and NLL of each image (fp32 on the device)."""
+    """Prediction, top-1/top-k correctness, confidence and NLL of each image (fp32 on the device).
+
+    The prediction is the first of the top-k, so an image right at top-1 is right at top-k also when
+    logits tie. Logits with NaN (or +inf) give a NaN confidence, which ``nonfinite`` counts."""
     logits = logits.float()
     logp = torch.log_softmax(logits, dim=1)
-    conf, pred = logp.max(dim=1)
     k = min(k, logits.shape[1])
     topk = logits.topk(k, dim=1).indices
+    pred = topk[:, 0]
     return {
         "pred": pred,
         "correct": pred == labels,
         "correct5": (topk == labels[:, None]).any(dim=1),
-        "confidence": conf.exp(),
+        "confidence": logp.gather(1, pred[:, None]).squeeze(1).exp(),
         "nll": -logp.gather(1, labels[:, None]).squeeze(1),
     }
+
+
+def nonfinite(per: dict[str, np.ndarray]) -> int:
+    """Images whose logits held NaN or +inf (their prediction means nothing)."""
+    return int(np.isnan(per["confidence"]).sum()) if "confidence" in per else 0
 
 
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> float:
@@ -72,7 +80,8 @@ def corruption_errors(metrics: pd.DataFrame, baseline: str | None) -> pd.DataFra
 
     CE_c^f = Σ_s E_{s,c}^f / Σ_s E_{s,c}^base ; relative CE_c^f = Σ_s (E_{s,c}^f − E_clean^f) /
     Σ_s (E_{s,c}^base − E_clean^base), with E = top-1 error. Both need the baseline in the same run.
-    The mean over corruptions (mCE, relative mCE) is a row with corruption ``"mean"``.
+    The mean over corruptions (mCE, relative mCE) is a row with corruption ``"mean"``; a corruption
+    whose baseline denominator is zero has no CE (NaN) and is left out of every model's mean.
     Without a baseline only the mean error per corruption is given.
     """
     df = metrics.copy()
@@ -96,9 +105,12 @@ def corruption_errors(metrics: pd.DataFrame, baseline: str | None) -> pd.DataFra
         key = pd.MultiIndex.from_frame(out[["dataset", "corruption"]])
         b_err = base["err_sum"].reindex(key).to_numpy()
         b_rel = base["rel_err_sum"].reindex(key).to_numpy()
+        # A zero denominator (the baseline never errs on that corruption, or errs no more than on
+        # clean images) leaves CE undefined for every model: NaN, not ±inf, so that every model's mean
+        # leaves out the same corruptions.
         with np.errstate(divide="ignore", invalid="ignore"):
-            out["ce"] = out["err_sum"].to_numpy() / b_err * 100
-            out["relative_ce"] = out["rel_err_sum"].to_numpy() / b_rel * 100
+            out["ce"] = np.where(b_err == 0, np.nan, out["err_sum"].to_numpy() / b_err * 100)
+            out["relative_ce"] = np.where(b_rel == 0, np.nan, out["rel_err_sum"].to_numpy() / b_rel * 100)
     if not out.empty:
         means = (out.groupby(["model", "dataset"], sort=True)[["mean_top1", "ce", "relative_ce"]]
                  .mean().reset_index())

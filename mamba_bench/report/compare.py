@@ -46,9 +46,35 @@ def mcnemar_p(b: int, c: int) -> float:
     return float(binomtest(min(b, c), n, 0.5).pvalue)
 
 
-def _concat(runs: list[Run], table: str) -> pd.DataFrame | None:
-    frames = [r.tables[table] for r in runs if table in r.tables]
-    return pd.concat(frames, ignore_index=True) if frames else None
+def _side(runs: list[Run], label: str, warnings: list[str]) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """One side's metrics and predictions, each (model, data set, corruption, severity) once.
+
+    Several runs of one model (say severities 1–2 in one run, 3–5 in another) each measure the clean
+    images, so a report of them holds that row more than once. Pairing every copy with every copy
+    would count each image several times (and shrink McNemar's p-value), so the first run holding a
+    row is used, its predictions with it, and a warning names the rows whose copies differ."""
+    frames = [r.tables["metrics"].assign(_run=i) for i, r in enumerate(runs) if "metrics" in r.tables]
+    if not frames:
+        return None, None
+    metrics = pd.concat(frames, ignore_index=True)
+    if not set(KEYS) <= set(metrics.columns):
+        return metrics.drop(columns="_run"), None
+    dup = metrics.duplicated(KEYS, keep=False)
+    if dup.any():
+        values = [c for c in METRICS if c in metrics.columns]
+        differ = metrics[dup].groupby(KEYS, dropna=False)[values].nunique(dropna=False).max(axis=1) > 1
+        if differ.any():
+            shown = ", ".join("/".join(map(str, (k[0], k[2], k[3]))) for k in differ[differ].index[:5])
+            more = f" and {int(differ.sum()) - 5} more" if differ.sum() > 5 else ""
+            warnings.append(f"{int(differ.sum())} {label} row(s) appear in several runs with different results "
+                            f"({shown}{more}): each is taken from the first run that holds it")
+        metrics = metrics.drop_duplicates(KEYS, keep="first")
+    preds = [r.tables["predictions"].assign(_run=i) for i, r in enumerate(runs) if "predictions" in r.tables]
+    predictions = None
+    if preds:
+        predictions = pd.concat(preds, ignore_index=True).merge(metrics[KEYS + ["_run"]], on=KEYS + ["_run"])
+        predictions = predictions.drop(columns="_run")
+    return metrics.drop(columns="_run").reset_index(drop=True), predictions
 
 
 def _fingerprints(runs: list[Run]) -> tuple[set, set]:
@@ -70,9 +96,10 @@ def compare(baseline: list[Run], candidate: list[Run], *, max_drop: float = 0.5,
     if bseed != cseed:
         warnings.append(f"baseline and candidate use different seeds ({sorted(map(str, bseed))} vs "
                         f"{sorted(map(str, cseed))}): corrupted images differ, deltas include that")
+    bm, bp = _side(baseline, "baseline", warnings)
+    cm, cp = _side(candidate, "candidate", warnings)
     if warnings and strict:
         raise MambaBenchError("--strict: " + "; ".join(warnings))
-    bm, cm = _concat(baseline, "metrics"), _concat(candidate, "metrics")
     for name, df in (("baseline", bm), ("candidate", cm)):
         missing = [k for k in KEYS + ["top1"] if df is None or k not in df.columns]
         if missing:
@@ -84,7 +111,6 @@ def compare(baseline: list[Run], candidate: list[Run], *, max_drop: float = 0.5,
     for m in METRICS:
         if f"{m}_base" in rows and f"{m}_cand" in rows:
             rows[f"d_{m}"] = rows[f"{m}_cand"] - rows[f"{m}_base"]
-    bp, cp = _concat(baseline, "predictions"), _concat(candidate, "predictions")
     pvals, pairs = [], []
     for r in rows.itertuples():
         p, n = None, 0

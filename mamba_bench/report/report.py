@@ -205,6 +205,8 @@ def write_report(run_dirs: list[Path], out: Path, title: str = "mamba-bench repo
             for f in ("manifest.json", "metrics.parquet", "summary.parquet", "predictions.parquet"):
                 if (run.path / f).exists():
                     _copy(run.path / f, dst / f)
+                else:  # a report folder made again: no stale predictions for compare to pair against
+                    (dst / f).unlink(missing_ok=True)
     atomic_write_bytes(out / "report.md", "\n".join(doc.md).encode())
     page = ("<!doctype html><html lang=en><head><meta charset=utf-8>"
             "<meta name=viewport content='width=device-width, initial-scale=1'>"
