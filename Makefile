@@ -15,7 +15,7 @@ export MPLBACKEND := Agg
 DEMO_OUT ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench lint clean report-ci baseline browser
+.PHONY: setup demo test bench lint clean report-ci baseline browser gpu-prep
 
 setup: $(STAMP)
 
@@ -54,6 +54,20 @@ baseline: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/mamba-bench bench corrupt --out runs/bench
+
+# What scripts/gpu_check.sh needs on a CUDA machine with no package index (wheels for Python 3.12
+# x86-64 and mamba-ssm's sdist), into .gpu/ (git-ignored): see that script.
+GPU_PY ?= 3.12
+MAMBA_SSM ?= 2.3.2.post1
+gpu-prep:
+	mkdir -p .gpu
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version $(GPU_PY) --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	  -d .gpu imaug==0.4.3 imagecorruptions-imaug==1.1.5 shapely==2.2.0
+	$(PY) -c "import json, sys, urllib.request; f = [u for u in json.load(urllib.request.urlopen( \
+	  'https://pypi.org/pypi/mamba-ssm/json', timeout=60))['releases']['$(MAMBA_SSM)'] if u['packagetype'] == 'sdist'][0]; \
+	  urllib.request.urlretrieve(f['url'], '.gpu/' + f['filename']); print('.gpu/' + f['filename'])"
+	ls -la .gpu
 
 lint: $(STAMP)
 	$(BIN)/ruff check mamba_bench tests scripts

@@ -225,6 +225,7 @@ def bench_corrupt(
     from mamba_bench.eval.bench import bench_corrupt as run
 
     _check_format(fmt)
+    _bench_sizes(images=images, repeats=repeats, batch_size=batch_size, workers=workers)
     res = run(models=model or ["convnext-t", "swin-t"], images=images, severity=severity, repeats=repeats,
               batch_size=batch_size, workers=workers, device=device, out=out)
     if fmt == "json":
@@ -260,6 +261,7 @@ def bench_pipeline(
     """End-to-end images/s of a 3-model run vs the models alone, and where the time goes."""
     from mamba_bench.eval.bench import bench_corrupt as run
 
+    _bench_sizes(images=images, batch_size=batch_size, workers=workers)
     res = run(models=model or ["vmamba-t", "swin-t", "convnext-t"], images=images, severity=3, repeats=1,
               batch_size=batch_size, workers=workers, device=device, compile=compile, out=out)
     p = res["pipeline"]
@@ -302,6 +304,7 @@ def bench_scan_cmd(
     from mamba_bench.ops.selective_scan import available_backends
 
     _check_format(fmt)
+    _bench_sizes(threads=threads, length=length, d_state=min(d_state or [1]))
     backends = backend or [available_backends("cpu")[0], "ref"]
     res = bench_scan(backends=backends, d_states=d_state or [1, 16], threads=threads, out=out,
                      shape={**STAGE1, "length": length}, backward=(False, True) if backward else (False,))
@@ -335,6 +338,7 @@ def bench_models_cmd(
     from mamba_bench.eval.bench_ssm import bench_models
 
     _check_format(fmt)
+    _bench_sizes(batch_size=batch_size, threads=threads, repeats=repeats)
     res = bench_models(models=model or ["vmamba-t", "swin-t", "convnext-t"], batch=batch_size, threads=threads,
                        repeats=repeats, device=device, amp=amp, out=out)
     if fmt == "json":
@@ -352,6 +356,14 @@ def bench_models_cmd(
 def _positive(name: str, value: int | float) -> None:
     if value <= 0:
         raise MambaBenchError(f"{name} must be positive, got {value}")
+
+
+def _bench_sizes(workers: int | None = None, **sizes: int) -> None:
+    """The bench commands' counts, checked before any model is built."""
+    for name, value in sizes.items():
+        _positive("--" + name.replace("_", "-"), value)
+    if workers is not None and workers < 0:
+        raise MambaBenchError(f"--workers must be 0 or more, got {workers}")
 
 
 def _parse_hparams(items: list[str] | None) -> dict:
@@ -786,15 +798,25 @@ def main() -> None:
         sys.exit(130)
     except SystemExit:
         raise
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        # a path the user named that cannot be made or written (read-only, a file where a folder
+        # should be, …); writes are atomic, so nothing half-written is left behind
+        where = f"{exc.filename}" + (f" → {exc.filename2}" if exc.filename2 else "")
+        print(f"mamba-bench: error: cannot create or write {where}: {exc.strerror or exc}", file=sys.stderr)
+        sys.exit(2)
     except Exception as exc:
-        import click
-
-        if isinstance(exc, click.exceptions.Abort):
+        # Typer ≥ 0.2x raises its own vendored copy of click's exceptions (typer._click), older ones
+        # click's: match either by class name, not by one copy's class.
+        kinds = {c.__name__ for c in type(exc).__mro__}
+        if "Abort" in kinds:
             print("mamba-bench: interrupted", file=sys.stderr)
             sys.exit(130)
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+        if "ClickException" in kinds:  # a usage error: unknown option, missing or malformed value
+            command = getattr(getattr(exc, "ctx", None), "command_path", None) or "mamba-bench"
+            print(f"mamba-bench: error: {exc.format_message()} (see '{command} --help')", file=sys.stderr)
+            sys.exit(2)
         raise
 
 

@@ -116,3 +116,33 @@ def test_dg_models_without_a_checkpoint_are_a_clear_error(cli, tmp_path, args):
     assert r.returncode == 2, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert "dg-train" in r.stderr and "best.pt" in r.stderr
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["corrupt", "--model", "convnext-nano", "--data", "digits"], "Missing option '--out'"),
+    (["corrupt", "--batch-size", "abc"], "Invalid value for '--batch-size'"),
+    (["nosuchcommand"], "No such command 'nosuchcommand'"),
+    (["bench", "scan", "--nope"], "No such option: --nope"),
+    (["bench", "pipeline", "--workers", "-1"], "--workers must be 0 or more"),
+    (["bench", "models", "--repeats", "0"], "--repeats must be positive"),
+    (["bench", "corrupt", "--images", "0"], "--images must be positive"),
+])
+def test_usage_errors_are_one_line_and_exit_2(cli, args, msg):
+    """Typer's own parsing errors (its vendored click's exceptions) follow the same contract as ours."""
+    r = cli(*args)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("mamba-bench: error: ") and msg in r.stderr
+
+
+def test_outputs_that_cannot_be_written_are_one_line(cli, tmp_path):
+    photo = tmp_path / "p.png"
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(photo)
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for args, msg in [(["corruptions", "--preview", str(photo), "--out", str(tmp_path)], "is a directory"),
+                      (["corruptions", "--preview", str(photo), "--out", str(afile / "g.png")], "cannot create"),
+                      (["materialize", "--data", "digits", "--out", str(afile)], str(afile))]:
+        r = cli(*args)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
+        assert "Traceback" not in r.stderr and msg in r.stderr, (args, r.stderr)

@@ -213,6 +213,30 @@ def test_awkward_images_are_converted_or_skipped_and_counted(tmp_path):
     assert (m.n == 10).all()
 
 
+def test_resume_over_changed_data_is_refused(tmp_path):
+    """A resumed run must not put cells of two image sets in one table (the fingerprint holds the path only)."""
+    data = tmp_path / "folder"
+    _write_image_folder(data)
+    out = tmp_path / "o"
+    args = ("corrupt", "--data", str(data), "--model", "convnext-nano", "--random-init", "--corruptions",
+            "invert,fliplr", "--no-progress", "--workers", "0", "--out", str(out))
+    assert run_cli(*args).returncode == 0
+    (out / "parts" / "metrics-fliplr@0.parquet").unlink()  # as if interrupted before the last cell
+    again = run_cli(*args)  # same data: resumes
+    assert again.returncode == 0, again.stderr
+    assert (pd.read_parquet(out / "metrics.parquet").n == 10).all()
+    (out / "parts" / "metrics-fliplr@0.parquet").unlink()
+    good = data / "cat" / "ok0.jpg"
+    (data / "dog" / "truncated.jpg").write_bytes(good.read_bytes())  # a repaired file: 11 usable images now
+    r = run_cli(*args)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "holds cells computed on other images (10 usable then, 11 now" in r.stderr
+    assert not (out / "parts" / "metrics-fliplr@0.parquet").exists()
+    # the refused session left the run as it was: complete, its tables whole
+    assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
+    assert run_cli("report", str(out), "--out", str(tmp_path / "rep")).returncode == 0
+
+
 def test_trained_checkpoint_via_weights(tmp_path):
     """--weights pairs with the models in order; a checkpoint trained on digits loads strictly."""
     torch.manual_seed(0)

@@ -189,6 +189,19 @@ def test_train_cell_resume_is_exact(tmp_path):
         train_cell(replace(cfg, lr=1e-3), ds, tmp_path / "a", device=torch.device("cpu"))
 
 
+def test_a_cell_refused_before_its_first_step_does_not_bind_its_out(tmp_path):
+    """A bad hyper-parameter is found after the cell's config.json is written; the corrected command must run."""
+    from mamba_bench.errors import MambaBenchError
+
+    ds = rotated_digits()
+    cfg = replace(TINY, algorithm="start-m", steps=2, eval_every=2)
+    with pytest.raises(MambaBenchError, match="start_ratio must be in"):
+        train_cell(replace(cfg, hparams={"start_ratio": 5}), ds, tmp_path, device=torch.device("cpu"))
+    assert (cfg.cell_dir(tmp_path) / "config.json").exists()
+    done = train_cell(replace(cfg, hparams={"start_ratio": 0.3}), ds, tmp_path, device=torch.device("cpu"))
+    assert done["best_step"] == 2 and (cfg.cell_dir(tmp_path) / "last.pt").exists()
+
+
 def _crash_writing(monkeypatch, name: str):
     """safetensors' save_file writes half of ``name`` (its temporary file) and then dies."""
     import safetensors.torch

@@ -233,6 +233,21 @@ def test_init_of_another_architecture_is_refused(tmp_path):
                  tmp_path / "o", torch.device("cpu"))
 
 
+def test_a_mode_refused_before_its_first_step_does_not_bind_its_out(tmp_path):
+    from mamba_bench.models.weights import save_checkpoint
+
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError):
+        run_mode(replace(SMALL, init=str(tmp_path / "junk.pt")), "full", _tiny_split(1), _tiny_split(1),
+                 tmp_path / "o", torch.device("cpu"))
+    assert (tmp_path / "o" / "full" / "config.json").exists()
+    good = save_checkpoint(build_umamba(SMALL.model, width=4), tmp_path / "good.pt",
+                           {"kind": "mamba-bench finetune checkpoint", "model": SMALL.model, "width": "4"})
+    rows = run_mode(replace(SMALL, init=str(good), iters=1, eval_every=1), "full", _tiny_split(1), _tiny_split(1),
+                    tmp_path / "o", torch.device("cpu"))
+    assert len(rows) == 1 and (tmp_path / "o" / "full" / "last.pt").exists()
+
+
 def test_finetune_cli(tmp_path, cli):
     out = tmp_path / "ft"
     args = ["finetune", "--data", "synthetic-roads", "--mode", "scratch", "--iters", "2", "--crop", "32",

@@ -65,6 +65,13 @@ def test_checkpoint_of_another_config_is_named(tmp_path):
         create_model("vmamba-t", weights=str(tmp_path / "s2l5.pth"))
 
 
+def test_checkpoint_of_the_right_config_names_its_mis_shaped_keys(tmp_path):
+    """A vmamba-nano checkpoint with a 10-class head, loaded for 2 classes: the head is what differs."""
+    torch.save({"model": create_model("vmamba-nano", num_classes=10).state_dict()}, tmp_path / "ten.pth")
+    with pytest.raises(CheckpointError, match=r"2 wrong shape: classifier.head.weight \(10, \d+\) vs model \(2, "):
+        create_model("vmamba-nano", weights=str(tmp_path / "ten.pth"), num_classes=2)
+
+
 def test_v0_checkpoint_gets_a_clear_message(tmp_path):
     v0 = {"patch_embed.proj.weight": torch.zeros(96, 3, 4, 4),
           "layers.0.blocks.0.self_attention.A_logs": torch.zeros(4, 16)}

@@ -78,6 +78,13 @@ def make_gallery(image_path: str | os.PathLike, out_png: str | os.PathLike, suit
             raise UnknownNameError(f"severity {s} is not valid; valid: {', '.join(map(str, SEVERITIES))}")
     if not sevs:
         raise UnknownNameError(f"no severity named; valid: {', '.join(map(str, SEVERITIES))}")
+    out = Path(out_png)
+    if out.is_dir():
+        raise MambaBenchError(f"--out {out} is a directory; name the gallery's PNG file (e.g. {out / 'gallery.png'})")
+    try:  # before the gallery is made: a path that cannot be written fails at once
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MambaBenchError(f"cannot create {out.parent} for the gallery: {exc.strerror or exc}") from None
     image_path = Path(image_path)
     img = eval_crop(_load_rgb(image_path), size)
     image_id = image_path.name
@@ -104,8 +111,6 @@ def make_gallery(image_path: str | os.PathLike, out_png: str | os.PathLike, suit
                 ax.imshow(arr, interpolation="bilinear")
                 ax.set_axis_off()
                 ax.set_title(f"{c.title}: {label}", fontsize=6, pad=2)
-        out = Path(out_png)
-        out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
         try:
             fig.savefig(tmp, format="png", dpi=_DPI)

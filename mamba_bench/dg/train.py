@@ -223,7 +223,9 @@ def train_cell(cfg: DGTrainConfig, ds: DGDataset, out: Path, *, device: torch.de
     conf = {"config": asdict(cfg), "fingerprint": cfg.fingerprint()}
     if conf_path.exists():
         old = json.loads(conf_path.read_text())
-        if old.get("fingerprint") != conf["fingerprint"]:
+        # a cell that never saved a step (refused, say, for a bad hyper-parameter) binds nothing
+        started = any((cell / f).exists() for f in ("state.pt", "best.pt", "last.pt", "evals.json"))
+        if old.get("fingerprint") != conf["fingerprint"] and started:
             raise RunDirError(f"{cell} holds a run with another configuration; use another --out or delete it")
     if (cell / "last.pt").exists() and (cell / "evals.json").exists():
         return {"cell": str(cell), "skipped": True, **json.loads((cell / "evals.json").read_text())["summary"]}

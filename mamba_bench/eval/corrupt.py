@@ -9,6 +9,7 @@ metrics → one part file per cell → final tables and plots. Corruption of an 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import time
@@ -441,11 +442,25 @@ def _run_corrupt(cfg: CorruptConfig, workers: int, device: torch.device, dist: D
     images, keep, skipped = _load_clean(ds, workers)
     ids = [ds.samples[i].image_id for i in keep]
     labels = torch.tensor([ds.samples[i].label for i in keep], dtype=torch.long)
+    samples = hashlib.sha256("\n".join(f"{i}\t{y}" for i, y in zip(ids, labels.tolist(), strict=True))
+                             .encode()).hexdigest()
+    error = None
+    if dist.main:  # files added, removed or repaired under --data since the finished cells were computed
+        before = manifest.get("data") or {}
+        if before.get("samples_sha256", samples) != samples and store.done_cells():
+            error = (f"--out {cfg.out} holds cells computed on other images ({before.get('usable')} usable then, "
+                     f"{len(ids)} now, or other files): {cfg.data} changed since; use another --out, or delete "
+                     "it to start over")
+            store.abandon()
+    error = dist.broadcast(error)
+    if error is not None:
+        raise MambaBenchError(error)
     update = store.update_manifest if dist.main else (lambda **_: None)
     update(
         execution={"batch_size": cfg.batch_size, "workers": workers, "device": str(device),
                    "amp": device.type == "cuda", "processes": dist.world, "compile": cfg.compile},
         data={"name": ds.name, "root": ds.root, "layout": ds.layout, "images": len(ds), "usable": len(keep),
+              "samples_sha256": samples,
               "num_classes": ds.num_classes, "image_size": ds.image_size, "notes": ds.notes},
         skipped=skipped,
         models=[{"name": m.name, "description": m.spec.description, "input_size": m.spec.input_size,

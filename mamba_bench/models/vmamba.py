@@ -459,7 +459,9 @@ def diagnose_checkpoint(state: dict[str, torch.Tensor], wanted: str) -> str | No
         return None
     for name, (official, known, _, _) in VMAMBA_VARIANTS.items():
         if (known.depths, known.embed_dim, known.d_state, known.ssm_ratio) == (
-                cfg.depths, cfg.embed_dim, cfg.d_state, cfg.ssm_ratio) and name != wanted:
+                cfg.depths, cfg.embed_dim, cfg.d_state, cfg.ssm_ratio):
+            if name == wanted:  # the right architecture: the keys or shapes that differ say more
+                return None
             return f"it looks like a {name} checkpoint ({official}); use --model {name}"
     return (f"it is a VMamba checkpoint of depths {list(cfg.depths)}, dim {cfg.embed_dim}, "
             f"ssm_ratio {cfg.ssm_ratio:g}, d_state {cfg.d_state}, which no registry entry has")

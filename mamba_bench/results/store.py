@@ -118,9 +118,11 @@ class RunStore:
     def begin(self, config: dict[str, Any], fp: str, seed: int, device: str) -> dict[str, Any]:
         if self.root.exists() and not self.root.is_dir():
             raise RunDirError(f"--out {self.root} is a file, not a directory")
+        self._previous = None
         if self.manifest_path.exists():
             try:
-                manifest = json.loads(self.manifest_path.read_text())
+                self._previous = self.manifest_path.read_bytes()
+                manifest = json.loads(self._previous)
             except (OSError, json.JSONDecodeError):
                 raise RunDirError(f"{self.manifest_path} is unreadable; use another --out") from None
             if manifest.get("fingerprint") != fp:
@@ -143,6 +145,12 @@ class RunStore:
         atomic_write_json(self.manifest_path, manifest)
         self.manifest = manifest
         return manifest
+
+    def abandon(self) -> None:
+        """Put back the manifest ``begin`` found: a session refused before computing anything
+        leaves the run as it was (a complete run stays complete)."""
+        if getattr(self, "_previous", None) is not None:
+            atomic_write_bytes(self.manifest_path, self._previous)
 
     def update_manifest(self, **fields: Any) -> None:
         self.manifest.update(fields)

@@ -230,7 +230,8 @@ def run_mode(cfg: FinetuneConfig, mode: str, train: RoadSplit, valid: RoadSplit,
              on_eval=None) -> list[dict]:
     mdir = out / mode
     conf = {"config": asdict(cfg), "mode": mode, "fingerprint": cfg.fingerprint(mode)}
-    if (mdir / "config.json").exists():
+    started = any((mdir / f).exists() for f in ("state.pt", "last.pt", "metrics.json"))
+    if (mdir / "config.json").exists() and started:  # a mode that never saved a step binds nothing
         if json.loads((mdir / "config.json").read_text()).get("fingerprint") != conf["fingerprint"]:
             raise RunDirError(f"{mdir} holds a {mode} run with another configuration; use another --out")
     if (mdir / "last.pt").exists() and (mdir / "metrics.json").exists():
