@@ -420,9 +420,9 @@ def dg_train_cmd(
     for name, v in (("--steps", steps), ("--batch-size", batch_size), ("--lr", lr), ("--threads", threads)):
         _positive(name, v)
     spec = get_spec(init)
-    size = image_size or spec.input_size
+    size = spec.input_size if image_size is None else image_size  # 0 is refused, not the default
     _positive("--image-size", size)
-    every = eval_every or max(1, steps // 10)
+    every = max(1, steps // 10) if eval_every is None else eval_every
     _positive("--eval-every", every)
     base = DGTrainConfig(dataset=dataset, algorithm="erm", test_domain="", seed=0, init=init, weights=weights,
                          steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, image_size=size,
@@ -540,7 +540,7 @@ def finetune(
     for name, v in (("--iters", iters), ("--crop", crop), ("--batch-size", batch_size), ("--lr", lr),
                     ("--width", width)):
         _positive(name, v)
-    every = eval_every or max(1, iters // 10)
+    every = max(1, iters // 10) if eval_every is None else eval_every
     _positive("--eval-every", every)
     modes = _split(mode) or ["scratch", "full", "freeze"]
     cfg = FinetuneConfig(data=data, model=model, width=width, init=init, iters=iters, crop=crop,
@@ -701,14 +701,18 @@ def explain(
 ) -> None:
     """Vision Mamba Mender: Grad-ESC/ISC state correlations, ECS/ICS per block, and the repair."""
     _check_format(fmt)
+    if batch_size is not None:
+        _positive("--batch-size", batch_size)
+    if views < 0:
+        raise MambaBenchError(f"--views must be 0 or more, got {views}")
     if repair:
         from mamba_bench.analysis.explain import RepairConfig, run_repair
 
         cfg = RepairConfig(model=model, data=data, out=str(out), weights=weights, train_data=train_data, masks=masks,
                            labels=labels, per_class=per_class, blocks=_split(blocks) or None,
                            arms=_split(arms) or ["ce", "ext", "int", "all"], steps=repair_steps, lr=lr,
-                           train_batch=repair_batch, batch_size=batch_size or 64, lambda_ext=lambda_ext,
-                           lambda_int=lambda_int,
+                           train_batch=repair_batch, batch_size=64 if batch_size is None else batch_size,
+                           lambda_ext=lambda_ext, lambda_int=lambda_int,
                            corruptions=_split(corruptions) or "all", severity=severity, suite=suite, seed=seed,
                            device=device, workers=workers)
         quiet = fmt != "table"
@@ -733,7 +737,7 @@ def explain(
                         limit=limit, seed=seed, corruption=corruption, severity=severity, suite=suite, masks=masks,
                         blocks=_split(blocks) or None, states=_split(states) or ["x", "c", "s", "y"],
                         difficult_fraction=difficult_fraction, views=views, view_state=view_state,
-                        batch_size=batch_size or 16, device=device, workers=workers)
+                        batch_size=16 if batch_size is None else batch_size, device=device, workers=workers)
     res = run_explain(cfg)
     scores = res["scores"]
     if _print_frame(scores, fmt):

@@ -126,6 +126,12 @@ def test_dg_models_without_a_checkpoint_are_a_clear_error(cli, tmp_path, args):
     (["bench", "pipeline", "--workers", "-1"], "--workers must be 0 or more"),
     (["bench", "models", "--repeats", "0"], "--repeats must be positive"),
     (["bench", "corrupt", "--images", "0"], "--images must be positive"),
+    # 0 is refused, not taken for "the default"
+    (["dg-train", "--dataset", "rotated-digits", "--init", "vmamba-nano", "--image-size", "0", "--out", "never"],
+     "--image-size must be positive"),
+    (["finetune", "--data", "synthetic-roads", "--eval-every", "0", "--out", "never"], "--eval-every must be positive"),
+    (["explain", "--model", "vmamba-nano", "--data", "digits", "--batch-size", "0", "--out", "never"],
+     "--batch-size must be positive"),
 ])
 def test_usage_errors_are_one_line_and_exit_2(cli, args, msg):
     """Typer's own parsing errors (its vendored click's exceptions) follow the same contract as ours."""

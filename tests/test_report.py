@@ -193,3 +193,22 @@ def test_compare_counts_a_row_measured_in_several_runs_once():
     assert len(c.warnings) == 1 and "m/clean/0" in c.warnings[0] and "candidate" in c.warnings[0]
     with pytest.raises(MambaBenchError, match="--strict"):
         compare(base, cand, max_drop=1.0, strict=True)
+
+
+def test_compare_refuses_when_nothing_matches_and_warns_on_other_images():
+    from mamba_bench.errors import MambaBenchError
+    from mamba_bench.report.compare import compare
+
+    base, cand = _run("b", [("clean", 0)], {}), _run("c", [("clean", 0)], {})
+    other = _run("o", [("clean", 0)], {})
+    other.tables["metrics"]["model"] = "another"
+    with pytest.raises(MambaBenchError, match="no row matches: the baseline has models m on d, the candidate "
+                                              "models another on d"):
+        compare([base], [other])  # a CI gate that compared nothing must not pass
+    base.manifest["data"] = {"name": "d", "samples_sha256": "1"}
+    cand.manifest["data"] = {"name": "d", "samples_sha256": "2"}
+    c = compare([base], [cand])
+    assert c.warnings == ["baseline and candidate evaluated different images of d (other files, sampling or "
+                          "skips): deltas include that"]
+    cand.manifest["data"]["samples_sha256"] = "1"
+    assert compare([base], [cand]).warnings == []

@@ -42,7 +42,7 @@ def read_png(path: Path) -> np.ndarray:
     from PIL import Image
 
     with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+        return np.array(im.convert("RGB"))  # writable: torch.from_numpy warns on a read-only view
 
 
 def _write_png(path: Path, img: np.ndarray) -> None:

@@ -39,6 +39,8 @@ def resolve_weights(ref: str, *, file_name: str | None = None, cache: str | os.P
     """A local file for ``ref``: the path itself, or a cached download of the URL."""
     if not ref.startswith(URL_SCHEMES):
         path = Path(ref).expanduser()
+        if path.is_dir():
+            raise CheckpointError(f"--weights {ref} is a directory; pass the checkpoint file in it")
         if not path.is_file():
             raise CheckpointError(f"weights file {ref} does not exist")
         return path

@@ -77,6 +77,21 @@ def _side(runs: list[Run], label: str, warnings: list[str]) -> tuple[pd.DataFram
     return metrics.drop(columns="_run").reset_index(drop=True), predictions
 
 
+def _what(df: pd.DataFrame) -> str:
+    names = (", ".join(sorted(map(str, df[c].unique()))) for c in ("model", "dataset"))
+    return "models {} on {}".format(*names)
+
+
+def _images(runs: list[Run]) -> dict[str, set]:
+    """Per data set name, the hashes of the evaluated image lists (runs since they are recorded)."""
+    out: dict[str, set] = {}
+    for r in runs:
+        data = r.manifest.get("data") or {}
+        if data.get("samples_sha256"):
+            out.setdefault(data.get("name"), set()).add(data["samples_sha256"])
+    return out
+
+
 def _fingerprints(runs: list[Run]) -> tuple[set, set]:
     suites = {(r.manifest.get("suite") or {}).get("sha256") for r in runs}
     seeds = {r.manifest.get("seed") for r in runs}
@@ -96,6 +111,11 @@ def compare(baseline: list[Run], candidate: list[Run], *, max_drop: float = 0.5,
     if bseed != cseed:
         warnings.append(f"baseline and candidate use different seeds ({sorted(map(str, bseed))} vs "
                         f"{sorted(map(str, cseed))}): corrupted images differ, deltas include that")
+    bi, ci = _images(baseline), _images(candidate)
+    differ = sorted(d for d in bi.keys() & ci.keys() if bi[d] != ci[d])
+    if differ:
+        warnings.append(f"baseline and candidate evaluated different images of {', '.join(differ)} (other files, "
+                        "sampling or skips): deltas include that")
     bm, bp = _side(baseline, "baseline", warnings)
     cm, cp = _side(candidate, "candidate", warnings)
     if warnings and strict:
@@ -108,6 +128,8 @@ def compare(baseline: list[Run], candidate: list[Run], *, max_drop: float = 0.5,
     only_b = both[both._merge == "left_only"][KEYS].reset_index(drop=True)
     only_c = both[both._merge == "right_only"][KEYS].reset_index(drop=True)
     rows = both[both._merge == "both"].drop(columns="_merge").reset_index(drop=True)
+    if rows.empty:  # a gate that compared nothing must not pass
+        raise MambaBenchError(f"no row matches: the baseline has {_what(bm)}, the candidate {_what(cm)}")
     for m in METRICS:
         if f"{m}_base" in rows and f"{m}_cand" in rows:
             rows[f"d_{m}"] = rows[f"{m}_cand"] - rows[f"{m}_base"]

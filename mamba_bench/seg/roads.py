@@ -147,7 +147,7 @@ def load_pair(image: Path, mask: Path) -> tuple[np.ndarray, np.ndarray]:
 
     from mamba_bench.data.images import load_image_rgb
 
-    img = np.asarray(load_image_rgb(image))
+    img = np.array(load_image_rgb(image))  # writable: torch.from_numpy warns on a read-only view
     with Image.open(mask) as m:
         arr = np.asarray(m.convert("L") if m.mode not in ("L", "1", "P", "I;16", "I") else m)
     if arr.ndim == 3:
