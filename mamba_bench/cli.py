@@ -282,9 +282,13 @@ def bench_pipeline(
     study = p["projected_study"]
     out_console.print(
         "  projected wall time of the report's study (15 images × 1000 classes through every model at this "
-        f"end-to-end rate): {study['minutes_one_severity']:.1f} min for its {study['cells_one_severity']} "
-        f"transformations at one severity, {study['minutes_all_severities']:.1f} min with all severities "
+        f"end-to-end rate): {_duration(study['minutes_one_severity'])} for its {study['cells_one_severity']} "
+        f"transformations at one severity, {_duration(study['minutes_all_severities'])} with all severities "
         f"({study['cells_all_severities']} cells)")
+
+
+def _duration(minutes: float) -> str:
+    return f"{minutes:.1f} min" if minutes < 120 else f"{minutes / 60:.1f} h"
 
 
 @bench_app.command("scan")
