@@ -256,6 +256,8 @@ def bench_pipeline(
     device: DeviceOpt = "auto",
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile every model (as corrupt --compile).")]
     = False,
+    from_disk: Annotated[bool, typer.Option(help="Also time the run from a materialized set (PNG files written "
+                                                 "first, untimed).")] = True,
     out: Annotated[Path, typer.Option(help="Where bench_corrupt.json goes.")] = Path("runs/bench"),
 ) -> None:
     """End-to-end images/s of a 3-model run vs the models alone, and where the time goes."""
@@ -263,7 +265,7 @@ def bench_pipeline(
 
     _bench_sizes(images=images, batch_size=batch_size, workers=workers)
     res = run(models=model or ["vmamba-t", "swin-t", "convnext-t"], images=images, severity=3, repeats=1,
-              batch_size=batch_size, workers=workers, device=device, compile=compile, out=out)
+              batch_size=batch_size, workers=workers, device=device, compile=compile, from_disk=from_disk, out=out)
     p = res["pipeline"]
     corrupt_ms = sum(res["ms_per_image"].values()) / len(res["ms_per_image"])
     model_ms = 1000.0 / p["model_only_combined_ips"]
@@ -273,9 +275,9 @@ def bench_pipeline(
         "  model-only img/s: " + ", ".join(f"{k} {v:.1f}" for k, v in p["model_only_ips"].items()) +
         f"\n  all models, model-only: {p['model_only_combined_ips']:.2f} img/s; end-to-end: "
         f"{p['end_to_end_ips']:.2f} img/s; ratio {p['ratio']:.3f}\n"
-        f"  from a materialized set (PNG reads instead of corrupting): {p['from_disk_ips']:.2f} img/s; "
-        f"ratio {p['from_disk_ratio']:.3f}\n"
-        f"  where the time goes, per image: corrupting {corrupt_ms:.2f} ms on one core (mean over the suite) "
+        + (f"  from a materialized set (PNG reads instead of corrupting): {p['from_disk_ips']:.2f} img/s; "
+           f"ratio {p['from_disk_ratio']:.3f}\n" if from_disk else "")
+        + f"  where the time goes, per image: corrupting {corrupt_ms:.2f} ms on one core (mean over the suite) "
         f"vs {model_ms:.2f} ms for all models; the input pipeline alone (workers corrupting, no model) hands "
         f"over {p['input_pipeline_ips']:.1f} img/s, {p['input_pipeline_ips'] / p['model_only_combined_ips']:.2f}× "
         "what the models take")
@@ -588,7 +590,8 @@ def compare(
     candidate: Annotated[Path, typer.Argument(help="Candidate: a report directory or a corrupt run directory.")],
     max_drop: Annotated[float, typer.Option(help="Top-1 drop (points) above which a row can be a regression.")] = 0.5,
     alpha: Annotated[float, typer.Option(help="Significance level of the paired McNemar test.")] = 0.05,
-    strict: Annotated[bool, typer.Option(help="Refuse runs made with different suites or seeds.")] = False,
+    strict: Annotated[bool, typer.Option(help="Refuse runs made with different suites, seeds or images, and rows "
+                                                "whose copies within one side differ.")] = False,
     fmt: FormatOpt = "table",
 ) -> None:
     """Exit 0: no regression; 1: a regression (drop > --max-drop and significant); 2: bad input."""
@@ -812,7 +815,7 @@ def main() -> None:
         # a path the user named that cannot be made or written (read-only, a file where a folder
         # should be, …); writes are atomic, so nothing half-written is left behind
         where = f"{exc.filename}" + (f" → {exc.filename2}" if exc.filename2 else "")
-        print(f"mamba-bench: error: cannot create or write {where}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"mamba-bench: error: cannot use {where}: {exc.strerror or exc}", file=sys.stderr)
         sys.exit(2)
     except Exception as exc:
         # Typer ≥ 0.2x raises its own vendored copy of click's exceptions (typer._click), older ones
@@ -821,6 +824,8 @@ def main() -> None:
         if "Abort" in kinds:
             print("mamba-bench: interrupted", file=sys.stderr)
             sys.exit(130)
+        if "NoArgsIsHelpError" in kinds or ("ClickException" in kinds and not exc.format_message().strip()):
+            sys.exit(2)  # the help was printed (a bare `mamba-bench` or `mamba-bench bench`): nothing to add
         if "ClickException" in kinds:  # a usage error: unknown option, missing or malformed value
             command = getattr(getattr(exc, "ctx", None), "command_path", None) or "mamba-bench"
             print(f"mamba-bench: error: {exc.format_message()} (see '{command} --help')", file=sys.stderr)

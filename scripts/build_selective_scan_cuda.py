@@ -5,7 +5,7 @@ torch/CUDA): about 2.5 minutes with 16 cores for one architecture, instead of th
     MAX_JOBS=16 python build_selective_scan_cuda.py build_ext --inplace
     PYTHONPATH=.:<dir holding mamba_ssm/ops and mamba_ssm/utils> python scripts/check_cuda_backend.py
 
-Set ARCH (default 90 = H100/H200) for other GPUs. This is how the CUDA figures in the README were
+Set CUDA_ARCH (default 90 = H100/H200) for other GPUs. This is how the CUDA figures in the README were
 taken (torch 2.11 + CUDA 13, mamba-ssm 2.3.2.post1, whose __init__ was trimmed to a version line
 so that only the selective-scan interface is imported).
 """
@@ -14,7 +14,7 @@ import os
 from setuptools import setup
 from torch.utils.cpp_extension import BuildExtension, CUDAExtension
 
-ARCH = os.environ.get("ARCH", "90")
+ARCH = os.environ.get("CUDA_ARCH", "90")
 src = os.environ.get("SRC", "mamba_ssm-2.3.2.post1") + "/csrc/selective_scan/"
 files = (["selective_scan.cpp"] + [f"selective_scan_fwd_{t}.cu" for t in ("fp32", "fp16", "bf16")]
          + [f"selective_scan_bwd_{t}_{k}.cu" for t in ("fp32", "fp16", "bf16") for k in ("real", "complex")])

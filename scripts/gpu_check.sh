@@ -8,11 +8,13 @@
 #
 # Steps (STEPS="..." picks some; a second call on the same machine skips the build):
 #   install   the carried wheels (imaug, its corruption data, shapely) into /tmp/mb-site
-#   build     mamba-ssm's selective-scan kernel alone from its sdist (~2.5 min on 16 cores; ARCH=90)
+#   build     mamba-ssm's selective-scan kernel alone from its sdist (~2.5 min on 16 cores; CUDA_ARCH=90)
 #   check     cuda vs torch vs ref scan backends, then where the loop makes the host wait
-#   tiny      vmamba-t, swin-t, convnext-t: end-to-end vs model-only (the ratio)
-#   base      vmamba-b, swin-b, convnext-b: the same, and the report's study projected from it
-#   compile   the tiny models again with --compile
+#   tiny      vmamba-t, swin-t, convnext-t: end-to-end vs model-only (the ratio), and from disk
+#   base      vmamba-b, swin-b, convnext-b: the same (not from disk), and the report's study projected
+#   compile   the tiny models again with --compile (not from disk)
+# All steps take more than one 10-minute device command: on a warm machine run
+#   STEPS="install build check tiny", then STEPS="install base compile" (the build is kept in /tmp).
 # Output goes to $OUT (default /tmp/mb-gpu): build.log and one bench_corrupt.json per bench, each
 # written as its step ends, so a run cut short keeps what it finished.
 set -uo pipefail
@@ -54,7 +56,7 @@ if has build && ! ls "$SRC"/selective_scan_cuda*.so >/dev/null 2>&1; then
     mkdir -p "$SRC" && tar xzf "$SDIST" -C "$SRC" || exit 2
     # only the selective-scan interface is imported: the package's __init__ pulls in every module
     echo "__version__ = \"$(basename "$MAMBA" | sed 's/^mamba_ssm-//')\"" > "$MAMBA/mamba_ssm/__init__.py"
-    log "building selective_scan_cuda (ARCH=${ARCH:-90})"
+    log "building selective_scan_cuda (CUDA_ARCH=${CUDA_ARCH:-90})"
     (cd "$SRC" && SRC=$(basename "$MAMBA") MAX_JOBS=$(nproc) "$PY" "$REPO/scripts/build_selective_scan_cuda.py" \
         build_ext --inplace >"$OUT/build.log" 2>&1) && log "build done" || {
         log "build failed: tail of build.log"; tail -20 "$OUT/build.log"; }
@@ -66,6 +68,6 @@ if has check; then
     log "check_cuda_syncs"; "$PY" scripts/check_cuda_syncs.py || log "check_cuda_syncs failed"
 fi
 has tiny && bench tiny
-has base && bench base --model vmamba-b --model swin-b --model convnext-b
-has compile && bench compile --compile
+has base && bench base --no-from-disk --model vmamba-b --model swin-b --model convnext-b
+has compile && bench compile --no-from-disk --compile
 log "done"

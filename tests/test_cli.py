@@ -141,6 +141,12 @@ def test_usage_errors_are_one_line_and_exit_2(cli, args, msg):
     assert r.stderr.startswith("mamba-bench: error: ") and msg in r.stderr
 
 
+@pytest.mark.parametrize("args", [[], ["bench"]])
+def test_a_bare_command_prints_its_help_and_no_error_line(cli, args):
+    r = cli(*args)
+    assert r.returncode == 2 and "Usage" in r.stdout and r.stderr.strip() == "", r.stderr
+
+
 def test_outputs_that_cannot_be_written_are_one_line(cli, tmp_path):
     photo = tmp_path / "p.png"
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(photo)

@@ -97,3 +97,25 @@ def test_nodes_that_do_not_share_out_stop_before_any_work(tmp_path):
     for err, _ in results:
         assert "rank(s) 1 cannot see the manifest rank 0 wrote" in err and "every node sees" in err
     assert not list((tmp_path / "a").glob("parts/shard-*")) and not (tmp_path / "a" / "metrics.parquet").exists()
+
+
+def test_resume_over_changed_data_is_refused_with_only_shards_on_disk(tmp_path):
+    """Under torchrun an interrupted run holds shards, not finished cells: the data check must see them too."""
+    from tests.test_corrupt_e2e import _write_image_folder
+
+    data = tmp_path / "folder"
+    _write_image_folder(data)
+    args = ["corrupt", "--model", "convnext-nano", "--random-init", "--data", str(data), "--corruptions", "invert",
+            "--batch-size", "4", "--workers", "0", "--no-progress", "--device", "cpu", "--out", str(tmp_path / "o")]
+    run = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1"]
+    dead = subprocess.run([*run, "--master-port", str(_port()), "-m", "mamba_bench", *args], capture_output=True,
+                          text=True, timeout=600, env={**ENV, "MAMBA_BENCH_TEST_DIE_AFTER": "1:1"}, cwd=ROOT)
+    assert dead.returncode != 0
+    assert list((tmp_path / "o" / "parts").glob("shard-*")) and not list((tmp_path / "o" / "parts").glob("metrics-*"))
+    good = data / "cat" / "ok0.jpg"
+    (data / "dog" / "truncated.jpg").write_bytes(good.read_bytes())  # repaired: one more usable image
+    again = subprocess.run([*run, "--master-port", str(_port()), "-m", "mamba_bench", *args], capture_output=True,
+                           text=True, timeout=600, env=ENV, cwd=ROOT)
+    assert again.returncode != 0
+    assert "holds cells computed on other images (10 usable then, 11 now" in again.stderr
+    assert not (tmp_path / "o" / "metrics.parquet").exists()

@@ -47,7 +47,7 @@ def bench_photos(n: int, size: int = 224) -> tuple[np.ndarray, list[str]]:
 
 def bench_corrupt(*, models: list[str], images: int = 16, severity: int = 3, repeats: int = 3,
                   batch_size: int = 16, workers: int | None = None, device: str = "auto",
-                  compile: bool = False, out: Path | None = None) -> dict:
+                  compile: bool = False, from_disk: bool = True, out: Path | None = None) -> dict:
     suite = load_suite()
     dev = resolve_device(device)
     workers = default_workers() if workers is None else workers
@@ -119,7 +119,7 @@ def bench_corrupt(*, models: list[str], images: int = 16, severity: int = 3, rep
 
     feed = through([])  # the input pipeline alone: the most images/s the workers can hand over
     e2e = through(loaded)
-    disk = _from_disk_ips(photos, ids, cells, lambda reader: through(loaded, reader))
+    disk = _from_disk_ips(photos, ids, cells, lambda reader: through(loaded, reader)) if from_disk else None
     res = {
         "ms_per_image": ms,
         "pipeline": {
@@ -127,7 +127,7 @@ def bench_corrupt(*, models: list[str], images: int = 16, severity: int = 3, rep
             "workers": workers, "device": str(dev), "compile": compile, "model_only_ips": model_only,
             "input_pipeline_ips": feed,
             "model_only_combined_ips": combined, "end_to_end_ips": e2e, "ratio": e2e / combined,
-            "from_disk_ips": disk, "from_disk_ratio": disk / combined,
+            "from_disk_ips": disk, "from_disk_ratio": None if disk is None else disk / combined,
             "projected_study": project_study(e2e),
         },
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),

@@ -447,7 +447,8 @@ def _run_corrupt(cfg: CorruptConfig, workers: int, device: torch.device, dist: D
     error = None
     if dist.main:  # files added, removed or repaired under --data since the finished cells were computed
         before = manifest.get("data") or {}
-        if before.get("samples_sha256", samples) != samples and store.done_cells():
+        computed = store.done_cells() or any(store.parts.glob("shard-*.npz"))  # torchrun: shards first
+        if before.get("samples_sha256", samples) != samples and computed:
             error = (f"--out {cfg.out} holds cells computed on other images ({before.get('usable')} usable then, "
                      f"{len(ids)} now, or other files): {cfg.data} changed since; use another --out, or delete "
                      "it to start over")
@@ -489,17 +490,27 @@ def _run_corrupt(cfg: CorruptConfig, workers: int, device: torch.device, dist: D
         task = bar.add_task(f"{len(pending)}/{len(cells)} cells × {len(models)} models"
                             + (f", {dist.world} processes" if dist.active else ""),
                             total=len(mine) * n // dist.world)
-        for j, positions, per_model in iterate_cells(
-                images, ids, labels, cells, mine, models, seed=cfg.seed, batch_size=cfg.batch_size,
-                workers=workers, device=device, on_batch=lambda k: bar.advance(task, k),
-                shard=(dist.rank, dist.world), reader=reader, backoff=backoff):
-            _check_finite(per_model, cells[j], device)
-            if dist.active:
-                write_shard(shard_path(store.parts, key[j], dist.rank, dist.world), positions, per_model)
-                _test_crash_hook(dist.rank)
-            else:
-                _commit_cell(store, cells[j], models, per_model, ids, labels, ds.name, cfg.save_predictions)
-    computed = dist.gather(len(mine))  # also the barrier after every rank's shards
+        failure = None
+        try:
+            for j, positions, per_model in iterate_cells(
+                    images, ids, labels, cells, mine, models, seed=cfg.seed, batch_size=cfg.batch_size,
+                    workers=workers, device=device, on_batch=lambda k: bar.advance(task, k),
+                    shard=(dist.rank, dist.world), reader=reader, backoff=backoff):
+                _check_finite(per_model, cells[j], device)
+                if dist.active:
+                    write_shard(shard_path(store.parts, key[j], dist.rank, dist.world), positions, per_model)
+                    _test_crash_hook(dist.rank)
+                else:
+                    _commit_cell(store, cells[j], models, per_model, ids, labels, ds.name, cfg.save_predictions)
+        except MambaBenchError as exc:  # under torchrun every rank must hear it, not wait for this one
+            if not dist.active:
+                raise
+            failure = f"rank {dist.rank}: {exc}"
+    gathered = dist.gather((len(mine), failure))  # also the barrier after every rank's shards
+    failures = [f for _, f in gathered if f]
+    if failures:
+        raise MambaBenchError(failures[0])
+    computed = [n for n, _ in gathered]
     if dist.active:
         if not dist.main:
             dist.barrier()  # rank 0 merges and writes the tables
