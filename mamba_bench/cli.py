@@ -824,7 +824,7 @@ def main() -> None:
         if "Abort" in kinds:
             print("mamba-bench: interrupted", file=sys.stderr)
             sys.exit(130)
-        if "NoArgsIsHelpError" in kinds or ("ClickException" in kinds and not exc.format_message().strip()):
+        if "ClickException" in kinds and not exc.format_message().strip():
             sys.exit(2)  # the help was printed (a bare `mamba-bench` or `mamba-bench bench`): nothing to add
         if "ClickException" in kinds:  # a usage error: unknown option, missing or malformed value
             command = getattr(getattr(exc, "ctx", None), "command_path", None) or "mamba-bench"

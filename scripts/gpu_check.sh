@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU figures of the pipeline (issue 8) in one call on a bare CUDA machine that cannot reach a
+# The GPU figures of the pipeline (issue 8), in two calls, on a bare CUDA machine that cannot reach a
 # package index, e.g. an H100/H200 image with python3 + torch + timm + nvcc but no imgaug / mamba-ssm.
 #
 #   make gpu-prep                 # here, with a package index: fills .gpu/ (git-ignored, ~6 MB)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mamba_bench.corruptions import apply_corruption, load_suite
+from mamba_bench.corruptions import Suite, apply_corruption, load_suite
 from mamba_bench.eval.corrupt import LoadedModel, compile_models, default_workers, iterate_cells, resolve_device
 from mamba_bench.models.preprocess import to_model_input
 from mamba_bench.models.registry import get_spec
@@ -128,7 +128,7 @@ def bench_corrupt(*, models: list[str], images: int = 16, severity: int = 3, rep
             "input_pipeline_ips": feed,
             "model_only_combined_ips": combined, "end_to_end_ips": e2e, "ratio": e2e / combined,
             "from_disk_ips": disk, "from_disk_ratio": None if disk is None else disk / combined,
-            "projected_study": project_study(e2e),
+            "projected_study": project_study(e2e, suite),
         },
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "processor": platform.processor(), **environment()},
@@ -138,11 +138,11 @@ def bench_corrupt(*, models: list[str], images: int = 16, severity: int = 3, rep
     return res
 
 
-def project_study(ips: float, per_class: int = 15, classes: int = 1000) -> dict[str, float]:
+def project_study(ips: float, suite: Suite, per_class: int = 15, classes: int = 1000) -> dict[str, float]:
     """Minutes for the report's study at ``ips`` images/s through every model: clean + every corruption
     at one severity (the report's 21 transformations), and with all 5 severities (1 + 18 × 5 + 2
     severity-free = 93 cells). The MISSION's targets on one H100: 15 min and 1 h."""
-    corruptions = load_suite().corruptions.values()
+    corruptions = suite.corruptions.values()
     one, every = 1 + len(corruptions), 1 + sum(len(c.severities) for c in corruptions)
     images = per_class * classes
     return {"cells_one_severity": one, "minutes_one_severity": images * one / ips / 60,

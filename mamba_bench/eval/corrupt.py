@@ -429,9 +429,7 @@ def _run_corrupt(cfg: CorruptConfig, workers: int, device: torch.device, dist: D
             manifest = store.begin(result_config, fingerprint(result_config), cfg.seed, str(device))
         except MambaBenchError as exc:
             error = str(exc)
-    error = dist.broadcast(error)  # every rank stops on rank 0's bad input (and waits for the manifest)
-    if error is not None:
-        raise MambaBenchError(error)
+    dist.stop_on_main_error(error)  # every rank stops on rank 0's bad input (and waits for the manifest)
     blind = [r for r, sees in enumerate(dist.gather(store.manifest_path.is_file())) if not sees]
     if blind:  # e.g. nodes whose --out is a local disk: rank 0 could never merge their shards
         raise MambaBenchError(f"rank(s) {', '.join(map(str, blind))} cannot see the manifest rank 0 wrote to "
@@ -447,15 +445,13 @@ def _run_corrupt(cfg: CorruptConfig, workers: int, device: torch.device, dist: D
     error = None
     if dist.main:  # files added, removed or repaired under --data since the finished cells were computed
         before = manifest.get("data") or {}
-        computed = store.done_cells() or any(store.parts.glob("shard-*.npz"))  # torchrun: shards first
-        if before.get("samples_sha256", samples) != samples and computed:
+        started = store.done_cells() or any(store.parts.glob("shard-*.npz"))  # torchrun: shards first
+        if before.get("samples_sha256", samples) != samples and started:
             error = (f"--out {cfg.out} holds cells computed on other images ({before.get('usable')} usable then, "
                      f"{len(ids)} now, or other files): {cfg.data} changed since; use another --out, or delete "
                      "it to start over")
             store.abandon()
-    error = dist.broadcast(error)
-    if error is not None:
-        raise MambaBenchError(error)
+    dist.stop_on_main_error(error)
     update = store.update_manifest if dist.main else (lambda **_: None)
     update(
         execution={"batch_size": cfg.batch_size, "workers": workers, "device": str(device),

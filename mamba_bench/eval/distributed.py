@@ -46,6 +46,14 @@ class Dist:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def stop_on_main_error(self, error: str | None) -> None:
+        """Raise rank 0's error (a message, or None) on every rank, so that none waits for the others."""
+        from mamba_bench.errors import MambaBenchError
+
+        error = self.broadcast(error)
+        if error is not None:
+            raise MambaBenchError(error)
+
     def gather(self, obj) -> list:
         """Every rank's ``obj``, in rank order, on every rank."""
         if not self.active:

@@ -105,8 +105,8 @@ def corruption_errors(metrics: pd.DataFrame, baseline: str | None) -> pd.DataFra
         key = pd.MultiIndex.from_frame(out[["dataset", "corruption"]])
         b_err = base["err_sum"].reindex(key).to_numpy()
         b_rel = base["rel_err_sum"].reindex(key).to_numpy()
-        # A zero denominator (the baseline never errs on that corruption, or errs no more than on
-        # clean images) leaves CE undefined for every model: NaN, not ±inf, so that every model's mean
+        # A zero denominator (the baseline never errs on that corruption, or errs exactly as much as
+        # on clean images) leaves CE undefined for every model: NaN, not ±inf, so that every model's mean
         # leaves out the same corruptions.
         with np.errstate(divide="ignore", invalid="ignore"):
             out["ce"] = np.where(b_err == 0, np.nan, out["err_sum"].to_numpy() / b_err * 100)

@@ -113,6 +113,7 @@ class RunStore:
         self.root = Path(out)
         self.parts = self.root / "parts"
         self.manifest_path = self.root / "manifest.json"
+        self._previous: bytes | None = None  # the manifest ``begin`` found, for ``abandon``
 
     # -- lifecycle -------------------------------------------------------------------------
     def begin(self, config: dict[str, Any], fp: str, seed: int, device: str) -> dict[str, Any]:
@@ -149,7 +150,7 @@ class RunStore:
     def abandon(self) -> None:
         """Put back the manifest ``begin`` found: a session refused before computing anything
         leaves the run as it was (a complete run stays complete)."""
-        if getattr(self, "_previous", None) is not None:
+        if self._previous is not None:
             atomic_write_bytes(self.manifest_path, self._previous)
 
     def update_manifest(self, **fields: Any) -> None:
