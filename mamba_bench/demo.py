@@ -12,57 +12,14 @@ from pathlib import Path
 
 from rich.console import Console
 
-from mamba_bench.data.embedded import digits_split
 from mamba_bench.errors import RunDirError
 from mamba_bench.eval.corrupt import CorruptConfig, run_corrupt
-from mamba_bench.models.preprocess import to_model_input
-from mamba_bench.models.registry import get_spec
-from mamba_bench.models.weights import cache_dir, save_checkpoint
-
-# model → (peak learning rate, epochs). Swin trains from scratch on 1.3k images only with the lower
-# rate (94.7 % held-out top-1 at 1e-3 vs 78 % at 4e-3, 40 epochs, measured); VMamba-nano reaches
-# 99 % train accuracy by epoch 25 at 2e-3.
-DEMO_MODELS = {"vmamba-nano": (2e-3, 30), "convnext-nano": (2e-3, 40), "swin-nano": (1e-3, 40)}
-DEMO_BASELINE = "convnext-nano"
-DEMO_VERSION = 1  # bump when training changes, so stale cached models are not reused
-
-
-def demo_weights(name: str, *, epochs: int | None = None, console: Console | None = None,
-                 cache: str | None = None) -> Path:
-    """Path of the digits-trained checkpoint of ``name``, training it when not cached."""
-    import json
-
-    import numpy as np
-    import torch
-
-    from mamba_bench.train.classifier import train_classifier
-
-    lr, default_epochs = DEMO_MODELS[name]
-    epochs = epochs or default_epochs
-    path = cache_dir(cache) / "demo" / f"{name}-digits-v{DEMO_VERSION}-e{epochs}-lr{lr:g}-s0.safetensors"
-    if path.is_file():
-        return path
-    spec = get_spec(name)
-    x, y, _ = digits_split("train")
-    t0 = time.perf_counter()
-    model = train_classifier(spec, x, y, num_classes=10, epochs=epochs, lr=lr, seed=0)
-    xt, yt, _ = digits_split("test")
-    with torch.inference_mode():
-        pred = model(to_model_input(torch.from_numpy(xt), spec, torch.device("cpu"))).argmax(1).numpy()
-    acc = float((pred == yt).mean() * 100)
-    if console is not None:
-        console.print(f"trained {name} on digits ({len(x)} images, {epochs} epochs, "
-                      f"{time.perf_counter() - t0:.0f} s): clean test top-1 {acc:.1f} %")
-    save_checkpoint(model, path, {"mamba_bench_model": name, "num_classes": "10", "dataset": "digits",
-                                  "class_names": json.dumps([str(i) for i in range(10)]),
-                                  "epochs": str(epochs), "test_top1": f"{acc:.2f}",
-                                  "n_test": str(int(np.asarray(yt).size))})
-    return path
+from mamba_bench.train.digits import DEMO_BASELINE, DEMO_MODELS, demo_weights
 
 
 def run_demo(out: Path, *, epochs: int | None = None, workers: int | None = None, progress: bool = True,
              console: Console | None = None) -> None:
-    from mamba_bench.cli import _print_run_summary
+    from mamba_bench.present import print_run_summary
 
     console = console or Console()
     weights = [str(demo_weights(m, epochs=epochs, console=console)) for m in DEMO_MODELS]
@@ -77,7 +34,7 @@ def run_demo(out: Path, *, epochs: int | None = None, workers: int | None = None
         Path(out).rename(aside)
         console.print(f"{out} held an earlier demo run with other models; moved it to {aside}")
         res = run_corrupt(cfg)
-    _print_run_summary(res.metrics, res.summary, res.out)
+    print_run_summary(res.metrics, res.summary, res.out)
     for name in res.manifest.get("plots", []):
         console.print(f"plot: {res.out / name}")
     run_dg_demo(Path(f"{out}-dg"), console=console)
@@ -92,10 +49,10 @@ DG_DEMO = dict(algorithms=["erm", "start-m", "start-x"], test_domains=["75deg"],
 
 def run_dg_demo(out: Path, *, console: Console | None = None, steps: int = 200) -> dict:
     """ERM vs START-M vs START-X on rotated digits (vmamba-nano from scratch, 32 px), then dg-eval --gap."""
-    from mamba_bench.cli import _print_dg
     from mamba_bench.dg.run import dg_eval, dg_train
     from mamba_bench.dg.train import DGTrainConfig
     from mamba_bench.eval.corrupt import resolve_device
+    from mamba_bench.present import print_dg
 
     console = console or Console()
     console.print(f"domain generalization on rotated digits, test domain 75deg → {out}")
@@ -105,7 +62,7 @@ def run_dg_demo(out: Path, *, console: Console | None = None, steps: int = 200) 
     dg_train(dataset="rotated-digits", data_root=None, base=base, out=out, device=resolve_device("auto"),
              on_cell=lambda cfg: console.print(f"  training {cfg.algorithm} (seed {cfg.seed})"), **DG_DEMO)
     res = dg_eval(out, gap=True, gap_samples=100)
-    _print_dg(res, "training-domain", out)
+    print_dg(res, "training-domain", out)
     console.print(f"plot: {res['plot']}")
     return res
 
@@ -184,7 +141,7 @@ def run_quick(out: Path, *, console: Console | None = None, progress: bool = Fal
                         per_class=QUICK["per_class"], severities=QUICK["severities"], save_predictions=True,
                         progress=progress)
     res = run_corrupt(cfg)
-    from mamba_bench.cli import _print_run_summary
+    from mamba_bench.present import print_run_summary
 
-    _print_run_summary(res.metrics, res.summary, res.out)
+    print_run_summary(res.metrics, res.summary, res.out)
     return res

@@ -22,5 +22,7 @@ def cli():
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
-    """No test reads or writes the user's real weight cache."""
+    """No test reads or writes the user's real weight caches (ours, Hugging Face's, torch.hub's)."""
     monkeypatch.setenv("MAMBA_BENCH_CACHE", str(tmp_path / "mb-cache"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))

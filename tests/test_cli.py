@@ -55,7 +55,8 @@ def test_predict_offline_without_weights_names_the_file(cli, tmp_path):
     res = cli("predict", "--model", "convnext-b", str(tmp_path / "x.png"),
               env={"https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"})
     assert res.returncode == 2
-    assert "--weights /path/to/convnext_base.fb_in1k.safetensors" in res.stderr
+    assert "model.safetensors of timm/convnext_base.fb_in1k" in res.stderr
+    assert "--weights /path/to/model.safetensors" in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 
 def test_corruptions_list_json(cli):

@@ -8,7 +8,8 @@ import pytest
 
 from mamba_bench.corruptions import apply_corruption, load_suite
 from mamba_bench.data import open_dataset
-from mamba_bench.eval.materialize import MANIFEST, materialize, read_png
+from mamba_bench.data.materialized import MANIFEST, read_png
+from mamba_bench.eval.materialize import materialize
 
 CORR = "additive_gaussian_noise,affine,invert"
 

@@ -6,8 +6,10 @@ import re
 import urllib.error
 import urllib.request
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from mamba_bench.errors import CheckpointError, UnknownNameError
 from mamba_bench.models import create_model, get_spec, read_state_dict, registered_models, save_checkpoint
@@ -20,7 +22,8 @@ def test_aliases_pin_imagenet1k_weights_and_preprocessing():
     assert swin.input_size == 224 and swin.interpolation == "bicubic"
     conv = get_spec("convnext-b")
     assert conv.timm_name == "convnext_base.fb_in1k"
-    assert conv.weights_url.endswith("convnext_base.fb_in1k/resolve/main/model.safetensors")
+    assert conv.hf_hub_id == "timm/convnext_base.fb_in1k" and conv.hf_hub_filename == "model.safetensors"
+    assert conv.weights_url is None  # weights come through the Hugging Face Hub cache, as timm's do
     assert conv.mean == pytest.approx((0.485, 0.456, 0.406))
     assert {"swin-t", "swin-s", "convnext-t", "convnext-s", "convnext-nano", "swin-nano"} <= set(registered_models())
 
@@ -163,7 +166,7 @@ def test_missing_weights_file(tmp_path):
 def test_official_swin_layout_is_adapted_like_timm(tmp_path):
     """A checkpoint in the official Swin release layout (relative_position_index buffers, `head.`)
     loads through timm's filter, the single place foreign layouts are adapted."""
-    from mamba_bench.models.registry import _swin_nano
+    from mamba_bench.models.timm_zoo import swin_nano as _swin_nano
 
     net = _swin_nano(10)
     sd = {k: v.clone() for k, v in net.state_dict().items()}
@@ -188,3 +191,75 @@ def test_urllib_is_the_only_network_path(monkeypatch, tmp_path):
     with pytest.raises(CheckpointError):
         resolve_weights("https://example.invalid/w.safetensors", cache=tmp_path)
     assert calls == ["https://example.invalid/w.safetensors"]
+
+
+def _fake_hf_cache(root, repo: str, file: str, payload: bytes) -> None:
+    """The layout huggingface_hub keeps: models--ORG--NAME/{refs/main, snapshots/<commit>/FILE}."""
+    base = root / ("models--" + repo.replace("/", "--"))
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (base / "refs").mkdir(parents=True)
+    (base / "refs" / "main").write_text(commit)
+    (base / "snapshots" / commit).mkdir(parents=True)
+    (base / "snapshots" / commit / file).write_bytes(payload)
+
+
+def test_timm_weights_come_from_the_hugging_face_cache_offline(tmp_path, monkeypatch):
+    """A researcher's warm timm cache is used with no network (HF_HUB_OFFLINE): the spec names the hub
+    repository, and the weights load from the cache, not from any mamba-bench folder."""
+    from mamba_bench.eval.predict import predict_images
+
+    spec = get_spec("test_convnext.r160_in1k")
+    assert spec.hf_hub_id == "timm/test_convnext.r160_in1k"
+    net = spec.build()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0, 0.02, generator=torch.Generator().manual_seed(3))
+    ckpt = tmp_path / "w.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(ckpt))
+    _fake_hf_cache(tmp_path / "hf", spec.hf_hub_id, "model.safetensors", ckpt.read_bytes())
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as hfc
+
+    monkeypatch.setattr(hfc, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", True)
+    img = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (180, 200, 3), dtype=np.uint8)).save(img)
+    res, errors = predict_images("test_convnext.r160_in1k", [str(img)], topk=3, device="cpu")
+    assert not errors
+    from mamba_bench.models.preprocess import image_for_spec, to_model_input
+
+    x = torch.from_numpy(image_for_spec(Image.open(img).convert("RGB"), spec))[None]
+
+    with torch.inference_mode():
+        want = net.eval()(to_model_input(x, spec, torch.device("cpu")))[0]
+    assert res[0]["topk"][0]["index"] == int(want.argmax())
+    assert res[0]["topk"][0]["logit"] == pytest.approx(float(want.max()), rel=1e-5)
+
+
+def test_hf_weights_missing_offline_name_the_file(tmp_path, monkeypatch):
+    import huggingface_hub.constants as hfc
+
+    monkeypatch.setattr(hfc, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", True)
+    with pytest.raises(CheckpointError) as exc:
+        resolve_weights("hf-hub:timm/convnext_tiny.fb_in1k")
+    msg = str(exc.value)
+    assert "not in the local Hugging Face cache" in msg and "--weights /path/to/model.safetensors" in msg
+
+
+def test_release_urls_use_torch_hub_cache(tmp_path, monkeypatch):
+    """Without a mamba-bench cache, a release file goes where torch.hub keeps it ($TORCH_HOME), so a file
+    torch.hub.load_state_dict_from_url already fetched is found offline."""
+    monkeypatch.delenv("MAMBA_BENCH_CACHE", raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    hub = tmp_path / "torch" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    (hub / "vssm_base_0229_ckpt_epoch_237.pth").write_bytes(b"cached")
+    url = "http://127.0.0.1:9/MzeroMiko/VMamba/releases/download/%23v2cls/vssm_base_0229_ckpt_epoch_237.pth"
+    assert resolve_weights(url) == hub / "vssm_base_0229_ckpt_epoch_237.pth"
+    with pytest.raises(CheckpointError, match=f"or put it in {hub}"):
+        resolve_weights("http://127.0.0.1:9/other.pth")

@@ -122,7 +122,7 @@ def resolve_model(name: str, weights: str | None, ds: ImageSet, *, cache_dir: st
         raise MambaBenchError(f"{name} has no selective-scan (Mamba) blocks: Mender's state correlations need a "
                               "Mamba model (vmamba-*, start-m, start-x); Swin and ConvNeXt have no SSM states")
     if weights is None and _embedded(ds) and name == "vmamba-nano":
-        from mamba_bench.demo import demo_weights
+        from mamba_bench.train.digits import demo_weights
 
         weights = str(demo_weights(name, cache=cache_dir))
     (loaded,) = load_models([name], [weights] if weights else [], ds.num_classes, random_init=False,

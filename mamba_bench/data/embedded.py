@@ -19,6 +19,9 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
+from mamba_bench.data.imageset import ImageSet, Sample
+from mamba_bench.data.layouts import Embedded, register_embedded
+
 DIGITS_SIZE = 64
 #: Embedded data-set names accepted by ``open_dataset`` (and ``--data``), with a one-line description.
 EMBEDDED_DATASETS = {
@@ -54,3 +57,15 @@ def digits_split(split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     imgs, labels, train, test = _digits()
     idx = train if split == "train" else test
     return imgs[idx], labels[idx], [f"digits/{split}/{i:04d}" for i in idx]
+
+
+def _open_digits(request) -> ImageSet:
+    imgs, y, ids = digits_split("test")
+    samples = [Sample(i, int(label), None) for i, label in zip(ids, y, strict=True)]
+    digits = [str(i) for i in range(10)]
+    return ImageSet("digits", request.data, "embedded", samples, digits, 10, DIGITS_SIZE, class_ids=list(digits),
+                    arrays=imgs)
+
+
+for _name, _description in EMBEDDED_DATASETS.items():
+    register_embedded(Embedded(_name, _description, _open_digits))

@@ -30,7 +30,10 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from mamba_bench.data.images import IMAGE_EXTENSIONS
+from mamba_bench.data.images import IMAGE_EXTENSIONS, default_resize
+from mamba_bench.data.imageset import ImageSet, Sample
+from mamba_bench.data.layouts import Layout, register_layout
+from mamba_bench.data.notes import add_capped, one_line
 from mamba_bench.errors import DataLayoutError
 
 WNID = re.compile(r"^n\d{8}$")
@@ -42,8 +45,6 @@ EXPECTED = (
     "expected ImageNet validation as DIR/<wnid>/*.JPEG (ImageFolder, or any DIR/<class>/<images>), "
     f"or flat DIR/*.JPEG with {KAGGLE_CSV} or the devkit's {DEVKIT_GT} + {DEVKIT_META} "
     "(beside the images, in a parent folder, or given with --labels)")
-#: At most this many per-item notes of one kind; the rest are summarised in one more note.
-MAX_NOTES = 20
 
 
 @lru_cache(maxsize=1)
@@ -85,18 +86,6 @@ class DirectoryScan:
     notes: list[str] = field(default_factory=list)
 
 
-def one_line(text: object) -> str:
-    """Error messages are printed as one line: collapse whitespace and newlines."""
-    return " ".join(str(text).split())
-
-
-def add_capped(notes: list[str], lines: list[str], summary: str) -> None:
-    """Append up to :data:`MAX_NOTES` of ``lines``; the rest become ``summary.format(n=...)``."""
-    notes += lines[:MAX_NOTES]
-    if len(lines) > MAX_NOTES:
-        notes.append(summary.format(n=len(lines) - MAX_NOTES))
-
-
 def _ignored(name: str) -> bool:
     return name.startswith(".") or name == "__MACOSX"
 
@@ -105,7 +94,7 @@ def _is_image_name(name: str) -> bool:
     return not _ignored(name) and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def _list_top(root: Path) -> tuple[list[Path], list[str], int]:
+def list_top(root: Path) -> tuple[list[Path], list[str], int]:
     """Image files directly in ``root``, class-folder names, and the count of other files."""
     images, folders, others = [], [], 0
     with os.scandir(root) as it:
@@ -122,7 +111,7 @@ def _list_top(root: Path) -> tuple[list[Path], list[str], int]:
     return sorted(images), sorted(folders), others
 
 
-def _walk_class(root: Path, cls: str) -> list[Path]:
+def walk_class(root: Path, cls: str) -> list[Path]:
     """Image files anywhere under ``root/cls`` (like torchvision's ImageFolder: symlinks followed)."""
     out = []
     for dirpath, dirnames, filenames in os.walk(root / cls, followlinks=True):
@@ -286,7 +275,7 @@ def scan_flat(root: Path, files: list[Path], kind: str, label_path: Path) -> Dir
 
 def scan_imagefolder(root: Path, folders: list[str]) -> DirectoryScan | None:
     """DIR/<class>/<images>; None when no class folder holds an image."""
-    per_class = {c: _walk_class(root, c) for c in folders}
+    per_class = {c: walk_class(root, c) for c in folders}
     if not any(per_class.values()):
         return None
     notes: list[str] = []
@@ -319,7 +308,7 @@ def scan_directory(root: Path, labels: str | None = None) -> DirectoryScan:
     """Detect the layout of ``root`` (see the module docstring) and list its labelled images."""
     root = Path(os.path.abspath(root))  # lexical: "val" given in the download folder still has parents
     try:
-        files, folders, others = _list_top(root)
+        files, folders, others = list_top(root)
         label_file = find_label_file(root, labels) if files or labels is not None else None
         if files and label_file is not None:
             scan = scan_flat(root, files, *label_file)
@@ -347,3 +336,15 @@ def scan_directory(root: Path, labels: str | None = None) -> DirectoryScan:
     if others:
         what += f" ({others} files with other extensions)"
     raise DataLayoutError(f"{what}: {EXPECTED}")
+
+
+def _open(root: Path, request) -> ImageSet:
+    scan = scan_directory(root, request.labels)
+    samples = [Sample(iid, label, p) for iid, label, p in scan.items]
+    return ImageSet(scan.name, str(root), scan.layout, samples, scan.class_names, scan.num_classes,
+                    request.image_size, scan.notes, scan.class_ids,
+                    request.resize if request.resize is not None else default_resize(request.image_size))
+
+
+# The catch-all: ImageNet val as ImageFolder or flat + labels, or any ImageFolder (asked last).
+register_layout(Layout("imagenet", lambda root: True, _open, priority=100, description=EXPECTED))

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mamba_bench.data.imagenet import _ignored, _walk_class
+from mamba_bench.data.imagenet import _ignored, walk_class
 from mamba_bench.errors import DataLayoutError, UnknownNameError
 
 HOLDOUT_FRACTION = 0.2
@@ -150,7 +150,7 @@ def _scan_domainbed(name: str, data_root: Path) -> DGDataset:
     for d in expected:
         paths, labels = [], []
         for ci, cls in enumerate(reference):
-            files = sorted(_walk_class(root / d, cls))
+            files = sorted(walk_class(root / d, cls))
             paths += files
             labels += [ci] * len(files)
         if not paths:

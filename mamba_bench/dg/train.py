@@ -47,9 +47,10 @@ import torch.nn.functional as F
 from mamba_bench.dg.algorithms import get_algorithm
 from mamba_bench.dg.data import DGDataset, Domain, seed_hash
 from mamba_bench.errors import MambaBenchError, RunDirError
+from mamba_bench.models.registry import DG_KIND
 from mamba_bench.results.store import atomic_write_bytes, atomic_write_json
 
-CHECKPOINT_KIND = "mamba-bench dg-train checkpoint"
+CHECKPOINT_KIND = DG_KIND
 #: how training (and evaluation) images are brought to ``image_size``: stretched to a square, bilinear
 RESIZE_MODE, INTERPOLATION = "stretch", "bilinear"
 

@@ -153,7 +153,8 @@ def _from_disk_ips(photos, ids, cells, run) -> float:
     """End-to-end images/s when the corrupted images come from a materialized set (PNG reads)."""
     import tempfile
 
-    from mamba_bench.eval.materialize import DiskReader, _write_png, cell_dir, image_file
+    from mamba_bench.data.materialized import DiskReader, cell_dir, image_file
+    from mamba_bench.eval.materialize import _write_png
 
     with tempfile.TemporaryDirectory(prefix="mamba-bench-disk-") as d:
         root = Path(d)

@@ -20,29 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from mamba_bench.corruptions import Corruption, load_suite
+from mamba_bench.data.materialized import KIND, MANIFEST, cell_dir, image_file
 from mamba_bench.errors import MambaBenchError, RunDirError
 from mamba_bench.eval.corrupt import _CellImages, cell_loader
 from mamba_bench.results.store import atomic_write_json
-
-MANIFEST = "materialized.json"
-KIND = "mamba-bench materialized corruption set"
-
-
-def cell_dir(corruption: str, severity: int) -> str:
-    return f"{corruption}/{severity}"
-
-
-def image_file(image_id: str) -> str:
-    """The PNG's path under a cell folder: the image id with its suffix replaced by ``.png``."""
-    p = Path(image_id)
-    return str(p.with_suffix(".png")) if p.suffix else f"{image_id}.png"
-
-
-def read_png(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.array(im.convert("RGB"))  # writable: torch.from_numpy warns on a read-only view
 
 
 def _write_png(path: Path, img: np.ndarray) -> None:
@@ -139,55 +120,3 @@ def materialize(data: str, out: str | os.PathLike, *, corruptions="all", severit
     atomic_write_json(manifest_path, manifest)
     (out / ".partial.json").unlink(missing_ok=True)
     return manifest
-
-
-def read_manifest(root: Path) -> dict:
-    try:
-        m = json.loads((root / MANIFEST).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise MambaBenchError(f"{root / MANIFEST} cannot be read: {exc}") from None
-    if m.get("kind") != KIND:
-        raise MambaBenchError(f"{root / MANIFEST} is not a mamba-bench materialized set")
-    return m
-
-
-def check_run(manifest: dict, root: str, seed: int, suite_sha: str, suite_name: str,
-              cells: list[tuple[Corruption | None, int]], per_class: int | None = None) -> None:
-    """A corrupt run on a materialized set must ask for what was written, with its seed and suite.
-
-    ``--per-class K`` on the set picks the images the original data would give only when the set
-    holds whole classes (materialized without ``--per-class`` and nothing skipped) or K is the
-    set's own value.
-    """
-    made = manifest["config"].get("per_class")
-    if per_class is not None and per_class != made and (made is not None or manifest.get("skipped")):
-        raise MambaBenchError(f"{root} was materialized with --per-class {made}" + (
-            f" and {len(manifest['skipped'])} unreadable images skipped" if made is None else "") +
-            f"; --per-class {per_class} on it would not pick the images of the original data: drop it or "
-            "materialize again")
-    if seed != manifest["seed"]:
-        raise MambaBenchError(f"{root} was materialized with --seed {manifest['seed']}; pass that seed (the "
-                              "corruptions on disk depend on it) or materialize again")
-    if suite_sha != manifest["suite"]["sha256"]:
-        raise MambaBenchError(f"{root} was materialized with suite {manifest['suite']['name']} "
-                              f"({manifest['suite']['path']}), not {suite_name}; pass --suite "
-                              f"{manifest['suite']['path']}")
-    have = {(c, s) for c, s in manifest["cells"]}
-    missing = [f"{c.name} {s}" for c, s in cells if c is not None and (c.name, s) not in have]
-    if missing:
-        raise MambaBenchError(f"{root} holds no {', '.join(missing[:3])}" + (" ..." if len(missing) > 3 else "")
-                              + " (corruption severity); choose --corruptions / --severities it has")
-
-
-class DiskReader:
-    """Reads ``(corruption, severity, image)`` from a materialized set (picklable for workers)."""
-
-    def __init__(self, root: str | Path, files: dict[str, str]):
-        self.root, self.files = Path(root), files
-
-    def __call__(self, corruption: str, severity: int, image_id: str) -> np.ndarray:
-        path = self.root / cell_dir(corruption, severity) / self.files[image_id]
-        try:
-            return read_png(path)
-        except OSError as exc:
-            raise MambaBenchError(f"materialized image {path} cannot be read ({exc}); materialize again") from None

@@ -10,7 +10,7 @@ from mamba_bench.errors import MambaBenchError
 from mamba_bench.eval.corrupt import resolve_device
 from mamba_bench.models.preprocess import to_model_input
 from mamba_bench.models.registry import get_spec, spec_for_weights
-from mamba_bench.models.weights import load_weights_into
+from mamba_bench.models.weights import load_weights_into, release_ref
 
 
 def class_names(num_classes: int, weights_path=None) -> list[str]:
@@ -41,7 +41,7 @@ def predict_images(model: str, images: list[str], *, weights: str | None = None,
     if topk < 1:
         raise MambaBenchError("--topk must be at least 1")
     spec = spec_for_weights(get_spec(model), weights)
-    ref = weights or spec.weights_url
+    ref = weights or release_ref(spec)
     if ref is None:
         raise MambaBenchError(f"model {model} has no released weights; pass --weights FILE")
     net = spec.build()

@@ -1,5 +1,10 @@
-"""Model registry: ``create_model(name, weights=None, num_classes=None)`` and friends."""
+"""Model registry: ``create_model(name, weights=None, num_classes=None)`` and friends.
 
+Importing this package imports every model family, each of which registers its own entries (the one
+place to add a new family: one module, one name in the import below).
+"""
+
+from mamba_bench.models import start, timm_zoo, vmamba  # noqa: F401  (families register themselves)
 from mamba_bench.models.registry import ModelSpec, create_model, get_spec, register, registered_models
 from mamba_bench.models.weights import load_weights_into, read_state_dict, resolve_weights, save_checkpoint
 

@@ -465,3 +465,26 @@ def diagnose_checkpoint(state: dict[str, torch.Tensor], wanted: str) -> str | No
             return f"it looks like a {name} checkpoint ({official}); use --model {name}"
     return (f"it is a VMamba checkpoint of depths {list(cfg.depths)}, dim {cfg.embed_dim}, "
             f"ssm_ratio {cfg.ssm_ratio:g}, d_state {cfg.d_state}, which no registry entry has")
+
+
+def _builder(cfg: VMambaConfig):
+    def build(num_classes: int) -> nn.Module:
+        return VMamba(cfg, num_classes=num_classes)
+
+    return build
+
+
+def _register() -> None:
+    from mamba_bench.models.registry import ModelSpec, register
+
+    for name, (official, cfg, url, top1) in VMAMBA_VARIANTS.items():
+        nano = name.endswith("-nano")
+        desc = (f"VMamba {official}: depths {list(cfg.depths)}, dim {cfg.embed_dim}, ssm_ratio {cfg.ssm_ratio:g}, "
+                f"d_state {cfg.d_state}" + (f"; {top1} % ImageNet-1k top-1 (official)" if top1 else "")
+                + ("; for 64 px embedded data" if nano else "") + ("" if url or nano else "; no public release"))
+        register(ModelSpec(name, _builder(cfg), desc, "vmamba", num_classes=10 if nano else 1000,
+                           input_size=64 if nano else 224, crop_pct=1.0 if nano else 0.875, weights_url=url,
+                           weights_file=url.rsplit("/", 1)[-1] if url else None, diagnose=diagnose_checkpoint))
+
+
+_register()

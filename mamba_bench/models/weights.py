@@ -15,28 +15,43 @@ import urllib.error
 import urllib.request
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 
 from mamba_bench.errors import CheckpointError
 
-if TYPE_CHECKING:
-    from mamba_bench.models.registry import ModelSpec
-
 URL_SCHEMES = ("http://", "https://", "file://")
+#: a Hugging Face Hub repository (timm's spelling): ``hf-hub:ORG/NAME`` or ``hf-hub:ORG/NAME/FILE``
+HF_PREFIX = "hf-hub:"
+HF_DEFAULT_FILES = ("model.safetensors", "pytorch_model.bin")
 _WRAPPER_KEYS = ("model", "state_dict", "model_state_dict", "model_state", "module", "model_ema")
 
 
 def cache_dir(override: str | os.PathLike | None = None) -> Path:
-    """``$MAMBA_BENCH_CACHE`` or ``~/.cache/mamba-bench``: where downloads and demo models live."""
+    """``$MAMBA_BENCH_CACHE`` or ``~/.cache/mamba-bench``: where the demo's trained models live (and
+    release downloads, when it is given or set; otherwise those go to torch.hub's cache)."""
     if override:
         return Path(override)
     return Path(os.environ.get("MAMBA_BENCH_CACHE") or Path.home() / ".cache" / "mamba-bench")
 
 
+def release_ref(spec: Any) -> str | None:
+    """The reference of a spec's released weights: its release URL, or ``hf-hub:REPO[/FILE]``."""
+    if getattr(spec, "weights_url", None):
+        return spec.weights_url
+    hub = getattr(spec, "hf_hub_id", None)
+    if not hub:
+        return None
+    file = getattr(spec, "hf_hub_filename", None)
+    return f"{HF_PREFIX}{hub}" + (f"/{file}" if file else "")
+
+
 def resolve_weights(ref: str, *, file_name: str | None = None, cache: str | os.PathLike | None = None) -> Path:
-    """A local file for ``ref``: the path itself, or a cached download of the URL."""
+    """A local file for ``ref``: the path itself, a Hugging Face Hub file (through huggingface_hub's
+    cache, so weights timm already downloaded are found offline), or a cached download of the URL."""
+    if ref.startswith(HF_PREFIX):
+        return _resolve_hf(ref[len(HF_PREFIX):])
     if not ref.startswith(URL_SCHEMES):
         path = Path(ref).expanduser()
         if path.is_dir():
@@ -45,8 +60,7 @@ def resolve_weights(ref: str, *, file_name: str | None = None, cache: str | os.P
             raise CheckpointError(f"weights file {ref} does not exist")
         return path
     name = file_name or Path(urllib.request.urlparse(ref).path).name or "weights.bin"
-    digest = hashlib.sha256(ref.encode()).hexdigest()[:12]
-    target = cache_dir(cache) / "weights" / f"{digest}-{name}"
+    target = _url_target(ref, name, cache)
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -61,9 +75,46 @@ def resolve_weights(ref: str, *, file_name: str | None = None, cache: str | os.P
         reason = getattr(exc, "reason", exc)
         raise CheckpointError(
             f"could not download {ref} ({reason}); download it on a connected machine and pass "
-            f"--weights /path/to/{name}"
+            f"--weights /path/to/{name} (or put it in {target.parent})"
         ) from None
     return target
+
+
+def _url_target(ref: str, name: str, cache: str | os.PathLike | None) -> Path:
+    """torch.hub's checkpoint cache (``$TORCH_HOME/hub/checkpoints/<file name>``, where
+    ``torch.hub.load_state_dict_from_url`` keeps the same URL), unless a mamba-bench cache is given
+    or ``$MAMBA_BENCH_CACHE`` is set: then ``<cache>/weights/<url hash>-<file name>``."""
+    if cache or os.environ.get("MAMBA_BENCH_CACHE"):
+        digest = hashlib.sha256(ref.encode()).hexdigest()[:12]
+        return cache_dir(cache) / "weights" / f"{digest}-{name}"
+    return Path(torch.hub.get_dir()) / "checkpoints" / name
+
+
+def _resolve_hf(spec: str) -> Path:
+    parts = spec.split("/")
+    if len(parts) < 2 or not all(parts):
+        raise CheckpointError(f"--weights {HF_PREFIX}{spec}: expected {HF_PREFIX}ORG/NAME or {HF_PREFIX}ORG/NAME/FILE")
+    repo, files = "/".join(parts[:2]), (["/".join(parts[2:])] if len(parts) > 2 else list(HF_DEFAULT_FILES))
+    import logging
+
+    from huggingface_hub import hf_hub_download
+
+    reasons = []
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)  # its offline fallback warns on stderr; the error below says it in one line
+    try:
+        for file in files:  # timm's order: safetensors first, then the pickle
+            try:
+                return Path(hf_hub_download(repo_id=repo, filename=file))
+            except Exception as exc:  # offline, not cached, no such file or repository: the same to a user
+                reasons.append(f"{file}: {type(exc).__name__}")
+    finally:
+        hub_log.setLevel(level)
+    raise CheckpointError(
+        f"could not download {files[0]} of {repo} from the Hugging Face Hub and it is not in the local Hugging Face "
+        f"cache ({'; '.join(reasons)}); download it on a connected machine (e.g. timm.create_model(..., "
+        f"pretrained=True) or huggingface_hub) or pass --weights /path/to/{files[0]}") from None
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -100,7 +151,7 @@ def _torch_load_inert(path: Path):
             return torch.load(str(path), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:
             pass
-        from mamba_bench.models import _inert_pickle
+        import mamba_bench.models._inert_pickle as _inert_pickle
 
         _inert_pickle.replaced.clear()
         try:
@@ -194,7 +245,7 @@ def _accept_1x1_conv_linears(model: torch.nn.Module, state: dict) -> dict:
     return out
 
 
-def _timm_filter(model: torch.nn.Module, state: dict, spec: ModelSpec | None) -> dict:
+def _timm_filter(model: torch.nn.Module, state: dict, spec: Any) -> dict:
     """Adapt official-release layouts (e.g. the original Swin/ConvNeXt files) the way timm itself does."""
     if spec is None or spec.family not in ("timm", "timm-arch"):
         return state
@@ -210,9 +261,11 @@ def _timm_filter(model: torch.nn.Module, state: dict, spec: ModelSpec | None) ->
         return state
 
 
-def load_weights_into(model: torch.nn.Module, ref: str, spec: ModelSpec | None = None, *,
+def load_weights_into(model: torch.nn.Module, ref: str, spec: Any = None, *,
                       cache_dir: str | None = None) -> Path:
-    """Resolve ``ref``, read it safely, adapt foreign layouts once, and load strictly."""
+    """Resolve ``ref``, read it safely, adapt foreign layouts once, and load strictly.
+
+    ``spec`` is the model's registry spec (for its file name, layout filter and checkpoint diagnosis)."""
     path = resolve_weights(ref, file_name=spec.weights_file if spec and ref == spec.weights_url else None,
                            cache=cache_dir)
     state = read_state_dict(path)
@@ -222,10 +275,8 @@ def load_weights_into(model: torch.nn.Module, ref: str, spec: ModelSpec | None =
     try:
         check_fit(model, state, spec.name if spec else type(model).__name__)
     except CheckpointError as exc:
-        if spec is not None and spec.family == "vmamba":
-            from mamba_bench.models.vmamba import diagnose_checkpoint
-
-            hint = diagnose_checkpoint(state, spec.name)
+        if spec is not None and spec.diagnose is not None:
+            hint = spec.diagnose(state, spec.name)
             if hint:
                 raise CheckpointError(f"{path.name} does not fit {spec.name}: {hint}") from None
         raise exc
