@@ -13,16 +13,15 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from mamba_bench.errors import MambaBenchError
+from mamba_bench.present import out_console, print_dg, print_frame, print_run_summary
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Robustness benchmarks for vision models — state-space (Mamba) models first.")
 bench_app = typer.Typer(no_args_is_help=True, help="Speed and memory measurements, reported as ratios.")
 app.add_typer(bench_app, name="bench")
-out_console = Console()
 
 ModelOpt = Annotated[list[str], typer.Option("--model", "-m", help="Registry name or any timm model name; repeat.")]
 WeightsOpt = Annotated[list[str] | None, typer.Option(
@@ -58,9 +57,13 @@ def _severities(values: list[str] | None) -> str | list[int]:
 @app.command()
 def corrupt(
     model: ModelOpt,
-    data: Annotated[str, typer.Option(help="ImageNet val dir (ImageFolder or flat + labels) or 'digits'.")],
+    data: Annotated[list[str], typer.Option(
+        help="ImageNet val dir (ImageFolder or flat + labels), a released shift set (ImageNet-C/-C-bar/-3DCC, "
+             "-V2/-R/-A; LAYOUT=DIR names one, e.g. imagenet-sketch=DIR) or 'digits'; repeat for several sets.")],
     out: Annotated[Path, typer.Option(help="Run directory; the same command with the same --out resumes.")],
     weights: WeightsOpt = None,
+    clean_data: Annotated[str | None, typer.Option(
+        help="ImageNet val dir a released ImageNet-C/-C-bar/-3DCC set was made from (its clean images).")] = None,
     corruptions: Annotated[list[str] | None, typer.Option(
         help="'all' (default) or names, comma-separated or repeated (see `mamba-bench corruptions`).")] = None,
     severities: Annotated[list[str] | None, typer.Option(help="'all' (default) or e.g. 1,3,5.")] = None,
@@ -69,7 +72,12 @@ def corrupt(
     labels: Annotated[str | None, typer.Option(
         help="Label file for a flat layout: LOC_val_solution.csv or ILSVRC2012_validation_ground_truth.txt.")] = None,
     suite: Annotated[str | None, typer.Option(help="Corruption suite TOML (default transforms/imgaug21.toml).")] = None,
-    baseline: Annotated[str | None, typer.Option(help="Model of this run that CE / mCE are relative to.")] = None,
+    baseline: Annotated[str | None, typer.Option(
+        help="What CE / mCE are relative to: a --model of this run, 'alexnet' (ImageNet-C's published AlexNet "
+             "errors), or the model to take from --baseline-table.")] = None,
+    baseline_table: Annotated[str | None, typer.Option(
+        help="External baseline: another run's metrics.parquet or a CSV (corruption,severity,accuracy|top1|error).")]
+    = None,
     save_predictions: Annotated[bool, typer.Option(help="Also write per-image predictions.parquet.")] = False,
     random_init: Annotated[bool, typer.Option(help="Allow models without weights (smoke tests only).")] = False,
     batch_size: Annotated[int, typer.Option(help="Execution knob; never changes results.")] = 64,
@@ -82,32 +90,16 @@ def corrupt(
     """Accuracy of each model on clean and corrupted images, every corruption × severity."""
     from mamba_bench.eval.corrupt import CorruptConfig, run_corrupt
 
-    cfg = CorruptConfig(models=model, data=data, out=str(out), weights=weights or [], labels=labels,
+    cfg = CorruptConfig(models=model, data=data[0] if len(data) == 1 else data, out=str(out), clean_data=clean_data,
+                        weights=weights or [], labels=labels,
                         per_class=per_class, seed=seed, corruptions=_split(corruptions) or "all",
                         severities=_severities(severities), suite=suite, baseline=baseline,
                         batch_size=batch_size, device=device, workers=workers,
                         save_predictions=save_predictions, random_init=random_init, progress=progress,
-                        compile=compile)
+                        compile=compile, baseline_table=baseline_table)
     res = run_corrupt(cfg)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 speaks for the run
-        _print_run_summary(res.metrics, res.summary, res.out)
-
-
-def _print_run_summary(metrics, summary, out: Path) -> None:
-    table = Table(title=f"top-1 (%) — {out}")
-    for col in ("model", "clean", "corrupted (mean)", "mCE", "relative mCE"):
-        table.add_column(col, justify="left" if col == "model" else "right")
-    clean = metrics[metrics.corruption == "clean"].set_index("model")["top1"]
-    means = summary[summary.corruption == "mean"].set_index("model")
-    for model in dict.fromkeys(metrics["model"]):
-        m = means.loc[model] if model in means.index else None
-
-        def fmt(v):
-            return "—" if v is None or v != v else f"{v:.1f}"
-
-        table.add_row(model, fmt(clean.get(model)), fmt(None if m is None else m["mean_top1"]),
-                      fmt(None if m is None else m["ce"]), fmt(None if m is None else m["relative_ce"]))
-    out_console.print(table)
+        print_run_summary(res.metrics, res.summary, res.out)
 
 
 @app.command()
@@ -454,43 +446,6 @@ def dg_train_cmd(
                       + f"; tables: mamba-bench dg-eval {out}")
 
 
-def _print_dg(res: dict, selection: str, run: Path, fmt: str = "table") -> None:
-    """dg-eval's tables: accuracy per test domain (mean ± std over seeds) and the domain gap."""
-    from mamba_bench.dg.run import summary_table
-
-    header, body = summary_table(res["frame"], selection)
-    gap_df = res.get("gap")
-    if fmt == "json":
-        print(json.dumps({"results": res["results"], "plot": res["plot"], "selection": selection,
-                          "table": [dict(zip(header, r, strict=True)) for r in body],
-                          "gap": None if gap_df is None else gap_df.to_dict("records")}, indent=2))
-        return
-    if fmt == "markdown":
-        print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
-        for r in body:
-            print("| " + " | ".join(r) + " |")
-    else:
-        table = Table(title=f"test-domain top-1 (%), {selection} selection, mean ± std over seeds — {run}")
-        for c in header:
-            table.add_column(c, justify="right")
-        for r in body:
-            table.add_row(*r)
-        out_console.print(table)
-    if gap_df is not None:
-        g = gap_df.groupby("algorithm", sort=False)[["delta", "B", "C", "feat"]].mean().reset_index()
-        if fmt == "markdown":
-            print("\n| algorithm | Δ | B | C | Feat. |\n|---|---|---|---|---|")
-            for r in g.itertuples():
-                print(f"| {r.algorithm} | {r.delta:.3f} | {r.B:.3f} | {r.C:.3f} | {r.feat:.3f} |")
-        else:
-            table = Table(title="domain gap: MMD source vs target (lower is better), mean over cells")
-            for c in ("algorithm", "Δ", "B", "C", "Feat."):
-                table.add_column(c, justify="right")
-            for r in g.itertuples():
-                table.add_row(r.algorithm, f"{r.delta:.3f}", f"{r.B:.3f}", f"{r.C:.3f}", f"{r.feat:.3f}")
-            out_console.print(table)
-
-
 @app.command("dg-eval")
 def dg_eval_cmd(
     run: Annotated[Path, typer.Argument(help="A dg-train run directory.")],
@@ -513,7 +468,7 @@ def dg_eval_cmd(
     res = dg_eval(run, gap=gap, data_root=data_root, gap_samples=gap_samples, device=resolve_device(device))
     for p in res["pending"]:
         print(f"mamba-bench: note: {run / p} is still in progress (not in the tables)", file=sys.stderr)
-    _print_dg(res, selection, run, fmt)
+    print_dg(res, selection, run, fmt)
     if fmt == "table":
         out_console.print(f"wrote {res['results']}" + (f", {res['plot']}" if res["plot"] else ""))
 
@@ -626,19 +581,6 @@ def compare(
         raise typer.Exit(1)
 
 
-def _print_frame(df, fmt: str) -> bool:
-    """Print a result table as JSON records or Markdown; False for ``table`` (the caller's rich table)."""
-    if fmt == "json":
-        print(df.to_json(orient="records", indent=2))
-        return True
-    if fmt == "markdown":
-        print("| " + " | ".join(map(str, df.columns)) + " |\n|" + "---|" * len(df.columns))
-        for row in df.itertuples(index=False):
-            print("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row) + " |")
-        return True
-    return False
-
-
 @app.command()
 def materialize(
     data: Annotated[str, typer.Option(help="ImageNet val dir (any layout `corrupt` reads) or 'digits'.")],
@@ -725,7 +667,7 @@ def explain(
         quiet = fmt != "table"
         res = run_repair(cfg, on_arm=None if quiet else lambda a: out_console.print(
             f"fine-tuning arm [bold]{a}[/] ({repair_steps} steps)"))
-        if _print_frame(res["table"], fmt):
+        if print_frame(res["table"], fmt):
             return
         table = Table(title=f"Mender repair of {model} (blocks {', '.join(res['blocks'])}) — {out}")
         for c in ("arm", "clean top-1", "Δ", "corrupted top-1", "Δ", "ECS", "ICS"):
@@ -747,7 +689,7 @@ def explain(
                         batch_size=16 if batch_size is None else batch_size, device=device, workers=workers)
     res = run_explain(cfg)
     scores = res["scores"]
-    if _print_frame(scores, fmt):
+    if print_frame(scores, fmt):
         return
     table = Table(title=f"{model}: ECS / ICS per block, simple vs difficult — {out}")
     for c in ("block", "state", "ECS simple", "ECS difficult", "ICS simple", "ICS difficult"):

@@ -12,10 +12,11 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ from mamba_bench.eval.distributed import Dist, init_distributed, merge_shards, s
 from mamba_bench.eval.metrics import add_clean_drop, corruption_errors, nonfinite, per_image, summarize
 from mamba_bench.models.preprocess import to_model_input
 from mamba_bench.models.registry import ModelSpec, get_spec, spec_for_weights
-from mamba_bench.models.weights import file_sha256, load_weights_into
+from mamba_bench.models.weights import file_sha256, load_weights_into, release_ref
 from mamba_bench.results.store import (
     METRICS_SCHEMA,
     PREDICTIONS_SCHEMA,
@@ -49,7 +50,8 @@ class CorruptConfig:
     """Options of ``mamba-bench corrupt`` (see ``--help`` for each)."""
 
     models: list[str]
-    data: str
+    #: one data set, or several (each evaluated on its cells, the ``dataset`` column telling them apart)
+    data: str | list[str]
     out: str
     weights: list[str] = field(default_factory=list)
     labels: str | None = None
@@ -67,6 +69,10 @@ class CorruptConfig:
     cache_dir: str | None = None
     progress: bool = True
     compile: bool = False
+    #: the clean ImageNet validation images a released set (ImageNet-C, ...) was made from
+    clean_data: str | None = None
+    #: an external baseline table (a run's metrics.parquet or a CSV); --baseline then names its model
+    baseline_table: str | None = None
 
 
 @dataclass
@@ -127,12 +133,12 @@ def load_models(names: Sequence[str], weights: Sequence[str], num_classes: int, 
     for name, spec, ref in zip(names, specs, pair_weights(names, weights), strict=True):
         spec = spec_for_weights(spec, ref)
         if ref is None and not random_init:
-            if spec.weights_url is None or spec.num_classes != num_classes:
+            if not spec.has_release or spec.num_classes != num_classes:
                 raise CheckpointError(
                     f"model {name} has no released weights for {dataset} ({num_classes} classes); pass "
                     "--weights FILE (or --random-init for a smoke test)"
                 )
-            ref = spec.weights_url
+            ref = release_ref(spec)
         module = build_seeded(spec, num_classes, seed)
         sha = None
         if ref is not None:
@@ -256,7 +262,8 @@ def cell_loader(dataset: torch.utils.data.Dataset, tasks: list[list[int]], *, wo
 def iterate_cells(images: np.ndarray, ids: list[str], labels: torch.Tensor,
                   cells: list[tuple[Corruption | None, int]], pending: list[int], models: list[LoadedModel], *,
                   seed: int, batch_size: int, workers: int, device: torch.device, on_batch=None,
-                  shard: tuple[int, int] = (0, 1), reader=None, backoff: list[dict] | None = None):
+                  shard: tuple[int, int] = (0, 1), reader=None, backoff: list[dict] | None = None,
+                  class_subset: Sequence[int] | None = None):
     """Yield ``(cell index, image positions, {model: per-image arrays})`` for each pending cell, in order.
 
     Each corrupted batch is made once (in DataLoader workers, overlapping with the models' compute)
@@ -268,6 +275,10 @@ def iterate_cells(images: np.ndarray, ids: list[str], labels: torch.Tensor,
     With ``shard=(rank, world)`` this process takes every world-th batch of each cell, starting at
     its rank: the batches are the ones a single process would make, so per-image results do not
     depend on the number of processes.
+
+    With ``class_subset`` (ImageNet-R/-A: 200 of the 1000 classes) the logits are restricted to those
+    classes before any metric; ``labels`` are then positions in the subset, and the predictions are
+    given back as class indices of the whole label space.
     """
     rank, world = shard
     n = len(ids)
@@ -285,6 +296,7 @@ def iterate_cells(images: np.ndarray, ids: list[str], labels: torch.Tensor,
     limits: dict[str, int] = {}  # model → largest sub-batch that fitted after an out-of-memory
     backoff = [] if backoff is None else backoff
     on_device = labels.to(device)
+    subset = None if class_subset is None else torch.as_tensor(list(class_subset), dtype=torch.long, device=device)
     with torch.inference_mode():
         for j, mine in plan:
             acc: dict[str, list[dict[str, torch.Tensor]]] = {m.name: [] for m in models}
@@ -296,7 +308,13 @@ def iterate_cells(images: np.ndarray, ids: list[str], labels: torch.Tensor,
                 y = on_device[start:start + size]
                 for m in models:
                     x = to_model_input(batch, m.spec, device)
-                    acc[m.name].append(per_image(forward_with_backoff(m, x, limits, backoff), y))
+                    logits = forward_with_backoff(m, x, limits, backoff)
+                    if subset is None:
+                        acc[m.name].append(per_image(logits, y))
+                    else:
+                        per = per_image(logits[:, subset], y)
+                        per["pred"] = subset[per["pred"]]
+                        acc[m.name].append(per)
                 positions += range(start, start + size)
                 if on_batch is not None:
                     on_batch(size)
@@ -387,46 +405,193 @@ def run_corrupt(cfg: CorruptConfig) -> RunResult:
         dist.close()
 
 
-def _run_corrupt(cfg: CorruptConfig, workers: int, device: torch.device, dist: Dist, t_start: float) -> RunResult:
-    suite: Suite = load_suite(cfg.suite)
-    chosen = suite.select(cfg.corruptions)
-    cells: list[tuple[Corruption | None, int]] = [(None, 0)]
-    for c in chosen:
+Cell = tuple[Corruption | None, int]
+
+
+@dataclass(frozen=True)
+class ReleasedCorruption:
+    """A corruption of a released set (ImageNet-C, ...): only its folder name; the images are on disk."""
+
+    name: str
+
+
+@dataclass
+class EvalSet:
+    """One data set of a run (the ``dataset`` column), the cells it is evaluated on, and its images."""
+
+    name: str
+    ds: ImageSet
+    cells: list[Cell]
+    reader: object | None = None  # corrupted images on disk: (corruption, severity, image id) → image
+    key_prefix: str = ""  # "" in a run of one data set, so its part files keep their names
+    clean: ImageSet | None = None  # where a released set's clean images come from (--clean-data)
+    images: np.ndarray | None = None
+    ids: list[str] = field(default_factory=list)
+    labels: torch.Tensor | None = None  # positions in ds.class_subset when the set has one
+    skipped: list[dict] = field(default_factory=list)
+    samples_sha256: str = ""
+
+    def key(self, j: int) -> str:
+        c, s = self.cells[j]
+        return self.key_prefix + RunStore.cell_key(c.name if c else "clean", s)
+
+    @property
+    def num_scored_classes(self) -> int:
+        return len(self.ds.class_subset) if self.ds.class_subset else self.ds.num_classes
+
+    def record(self) -> dict:
+        ds = self.ds
+        return {"name": self.name, "root": ds.root, "layout": ds.layout, "images": len(ds), "usable": len(self.ids),
+                "samples_sha256": self.samples_sha256, "num_classes": ds.num_classes,
+                "scored_classes": self.num_scored_classes, "image_size": ds.image_size, "notes": ds.notes,
+                **({"clean_data": self.clean.root} if self.clean is not None else {})}
+
+
+def data_list(data: str | Sequence[str]) -> list[str]:
+    return [data] if isinstance(data, str) else list(data)
+
+
+def _names(corruptions: str | Sequence[str]) -> list[str] | None:
+    """The corruption names asked for (comma-separated items split); None for ``all``."""
+    items = [corruptions] if isinstance(corruptions, str) else list(corruptions)
+    names = [n.strip() for item in items for n in str(item).split(",") if n.strip()]
+    return None if "all" in names else names
+
+
+def _suite_cells(suite: Suite, cfg: CorruptConfig, names: list[str] | None) -> list[Cell]:
+    cells: list[Cell] = [(None, 0)]
+    for c in suite.select("all" if names is None else names or ["clean"]):
         cells += [(c, s) for s in suite.severities(c, cfg.severities)]
-    if cfg.baseline is not None and cfg.baseline not in cfg.models:
-        raise MambaBenchError(f"--baseline {cfg.baseline} is not one of the --model names of this run: "
-                              f"{', '.join(cfg.models)}")
+    return cells
 
-    ds = open_dataset(cfg.data, per_class=cfg.per_class, seed=cfg.seed, labels=cfg.labels)
-    models = load_models(cfg.models, cfg.weights, ds.num_classes, random_init=cfg.random_init,
-                         cache_dir=cfg.cache_dir, dataset=ds.name, seed=cfg.seed)
-    preprocess = match_preprocessing(ds, models)
-    reader = None
-    if ds.materialized is not None:
-        from mamba_bench.eval.materialize import DiskReader, check_run
 
-        if preprocess is not None:
-            raise MambaBenchError(f"{cfg.data} holds center-cropped images; dg-train checkpoints need the original "
-                                  "images (stretched to a square): evaluate them on the original data")
-        check_run(ds.materialized, cfg.data, cfg.seed, suite.sha256, suite.name, cells, cfg.per_class)
-        reader = DiskReader(ds.root, {s["image_id"]: s["file"] for s in ds.materialized["samples"]})
+def _released_cells(ds: ImageSet, cfg: CorruptConfig, names: list[str] | None) -> list[Cell]:
+    """The clean cell and the chosen cells of a released set, from what is on disk."""
+    from mamba_bench.data.released import RELEASED_SETS
 
-    # Only what changes results goes into the fingerprint: never batch size, workers or device.
-    result_config = {
+    held = ds.released.cells
+    order = RELEASED_SETS[ds.released.set_name]
+    if names is None:  # ImageNet-C's 15 (its 4 extras by name), every corruption of the others
+        names = [c for c in order[:15] if c in held]
+    else:
+        wanted = [n for n in names if n not in ("clean", "none")]
+        missing = [c for c in wanted if c not in held]
+        if missing:
+            raise MambaBenchError(f"{ds.root} ({ds.name}) holds no {', '.join(missing)}; it holds "
+                                  f"{', '.join(held) or 'nothing'}")
+        names = [c for c in order if c in wanted]
+    cells: list[Cell] = [(None, 0)]
+    for c in names:
+        sevs = held[c] if cfg.severities == "all" else list(cfg.severities)
+        missing = [s for s in sevs if s not in held[c]]
+        if missing:
+            raise MambaBenchError(f"{ds.root}/{c} holds no severity {', '.join(map(str, missing))} (it holds "
+                                  f"{', '.join(map(str, held[c]))}); choose --severities it has")
+        cells += [(ReleasedCorruption(c), s) for s in sevs]
+    return cells
+
+
+def _open_sets(cfg: CorruptConfig, suite: Suite) -> list[EvalSet]:
+    """Every ``--data`` of the run with its cells: the suite's (a plain set), its own (a released set),
+    or clean only (a natural-shift set); names must be distinct, as the ``dataset`` column tells them apart."""
+    entries = data_list(cfg.data)
+    if not entries:
+        raise MambaBenchError("no --data given")
+    opened = [open_dataset(e, per_class=cfg.per_class, seed=cfg.seed, labels=cfg.labels) for e in entries]
+    names = _names(cfg.corruptions)
+    sets = []
+    for entry, ds in zip(entries, opened, strict=True):
+        clean = None
+        mine = names
+        if names is not None and len(opened) > 1:  # several sets: each takes the names it has
+            has = set(ds.released.cells) if ds.released is not None else set(suite.corruptions)
+            mine = [n for n in names if n in has]
+        if ds.released is not None:
+            cells = _released_cells(ds, cfg, mine)
+            if cfg.clean_data is None:
+                raise MambaBenchError(f"{entry} ({ds.name}) holds no clean images: pass --clean-data DIR, the ImageNet "
+                                      "validation images it was made from, so clean accuracy is measured in the same "
+                                      "run on the same images")
+            clean = open_dataset(cfg.clean_data, labels=cfg.labels)
+        elif ds.natural_shift:
+            cells = [(None, 0)]
+        else:
+            cells = _suite_cells(suite, cfg, mine)
+        sets.append(EvalSet(ds.name, ds, cells, clean=clean))
+    if names is not None and len(opened) > 1:
+        known = set(suite.corruptions) | {c for ds in opened if ds.released is not None for c in ds.released.cells}
+        unknown = [n for n in names if n not in known | {"clean", "none"}]
+        if unknown:
+            raise MambaBenchError(f"no --data set has the corruption {unknown[0]!r}; valid: {', '.join(sorted(known))}")
+    names = [s.name for s in sets]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise MambaBenchError(f"two --data sets are both named {twice[0]}: give one as LAYOUT=DIR "
+                              "(e.g. imagenet-sketch=DIR) or run them separately")
+    if len(sets) > 1:
+        for s in sets:
+            s.key_prefix = re.sub(r"[^A-Za-z0-9_.-]", "_", s.name) + "~"
+    classes = sorted({s.ds.num_classes for s in sets})
+    if len(classes) > 1:
+        raise MambaBenchError(f"the --data sets have different label spaces ({', '.join(map(str, classes))} classes); "
+                              "every model of a run is scored on each of them: run them separately")
+    return sets
+
+
+def _prepare_readers(cfg: CorruptConfig, sets: list[EvalSet], models: list[LoadedModel], suite: Suite) -> dict | None:
+    """Preprocessing the models need (dg-train checkpoints) and the on-disk readers of each set."""
+    preprocess = None
+    for s in sets:
+        p = match_preprocessing(s.ds, models)
+        preprocess = preprocess or p
+        if s.ds.materialized is not None or s.ds.released is not None:
+            if p is not None:
+                raise MambaBenchError(f"{s.ds.root} holds center-cropped images; dg-train checkpoints need the "
+                                      "original images (stretched to a square): evaluate them on the original data")
+        if s.ds.materialized is not None:
+            from mamba_bench.data.materialized import DiskReader, check_run
+
+            check_run(s.ds.materialized, s.ds.root, cfg.seed, suite.sha256, suite.name, s.cells, cfg.per_class)
+            s.reader = DiskReader(s.ds.root, {x["image_id"]: x["file"] for x in s.ds.materialized["samples"]})
+        elif s.ds.released is not None:
+            from mamba_bench.data.released import ReleasedReader
+
+            s.reader = ReleasedReader(s.ds.root, s.ds.image_size)
+    return preprocess
+
+
+def _result_config(cfg: CorruptConfig, sets: list[EvalSet], suite: Suite, models: list[LoadedModel],
+                   preprocess: dict | None) -> dict:
+    """Only what changes results goes into the fingerprint: never batch size, workers or device."""
+    def where(d: str) -> str:
+        return str(Path(d).resolve()) if Path(d).exists() else d
+
+    entries = data_list(cfg.data)
+    config = {
         "models": [{"name": m.name, "weights": m.weights, "weights_sha256": m.weights_sha256} for m in models],
-        "data": str(Path(cfg.data).resolve()) if Path(cfg.data).exists() else cfg.data,
+        "data": where(entries[0]) if len(entries) == 1 else [where(d) for d in entries],
         "labels": cfg.labels, "per_class": cfg.per_class, "seed": cfg.seed,
         "suite": {"name": suite.name, "sha256": suite.sha256},
-        "cells": [[c.name if c else "clean", s] for c, s in cells],
+        "cells": [[c.name if c else "clean", s] for c, s in sets[0].cells],
         "baseline": cfg.baseline, "save_predictions": cfg.save_predictions,
     }
+    if len(sets) > 1:  # a run of one set keeps the fingerprint it always had
+        config["cells"] = {s.name: [[c.name if c else "clean", v] for c, v in s.cells] for s in sets}
+    if cfg.clean_data is not None:
+        config["clean_data"] = where(cfg.clean_data)
+    if cfg.baseline_table is not None:
+        config["baseline_table"] = where(cfg.baseline_table)
     if preprocess is not None:  # only when not the ImageNet crop, so earlier runs keep their fingerprint
-        result_config["preprocess"] = preprocess
-    store = RunStore(cfg.out)
-    error = None
+        config["preprocess"] = preprocess
+    return config
+
+
+def _begin(store: RunStore, config: dict, cfg: CorruptConfig, dist: Dist, device: torch.device) -> dict:
+    """Rank 0 starts or resumes the run directory; every rank stops on its bad input, and every rank must see it."""
+    error, manifest = None, None
     if dist.main:
         try:
-            manifest = store.begin(result_config, fingerprint(result_config), cfg.seed, str(device))
+            manifest = store.begin(config, fingerprint(config), cfg.seed, str(device))
         except MambaBenchError as exc:
             error = str(exc)
     dist.stop_on_main_error(error)  # every rank stops on rank 0's bad input (and waits for the manifest)
@@ -436,110 +601,237 @@ def _run_corrupt(cfg: CorruptConfig, workers: int, device: torch.device, dist: D
                               f"{cfg.out}: with several machines, --out must be on a file system every node sees")
     if not dist.main:
         manifest = store.manifest = json.loads(store.manifest_path.read_text())
+    return manifest
 
-    images, keep, skipped = _load_clean(ds, workers)
-    ids = [ds.samples[i].image_id for i in keep]
-    labels = torch.tensor([ds.samples[i].label for i in keep], dtype=torch.long)
-    samples = hashlib.sha256("\n".join(f"{i}\t{y}" for i, y in zip(ids, labels.tolist(), strict=True))
-                             .encode()).hexdigest()
+
+def _load_images(s: EvalSet, workers: int) -> None:
+    """Decode the clean images once (a released set's from --clean-data, matched by file name)."""
+    source = s.ds
+    if s.clean is not None:
+        source = _clean_counterparts(s.ds, s.clean)
+    images, keep, s.skipped = _load_clean(source, workers)
+    s.images = images
+    s.ids = [s.ds.samples[i].image_id for i in keep]
+    full = [s.ds.samples[i].label for i in keep]
+    if s.ds.class_subset:
+        position = {c: p for p, c in enumerate(s.ds.class_subset)}
+        outside = [s.ids[i] for i, y in enumerate(full) if y not in position]
+        if outside:
+            raise MambaBenchError(f"{s.ds.root}: {outside[0]} is labelled outside the set's {len(position)} classes")
+        s.labels = torch.tensor([position[y] for y in full], dtype=torch.long)
+    else:
+        s.labels = torch.tensor(full, dtype=torch.long)
+    s.samples_sha256 = hashlib.sha256("\n".join(f"{i}\t{y}" for i, y in zip(s.ids, full, strict=True))
+                                      .encode()).hexdigest()
+
+
+def _clean_counterparts(released: ImageSet, clean: ImageSet) -> ImageSet:
+    """``clean`` re-ordered to the released set's samples: the same file name (stem) and label."""
+    by_stem = {Path(x.image_id).stem: x for x in clean.samples}
+    samples, missing = [], []
+    for x in released.samples:
+        match = by_stem.get(Path(x.image_id).stem)
+        if match is None or match.label != x.label:
+            missing.append(x.image_id)
+        else:
+            samples.append(match)
+    if missing:
+        raise MambaBenchError(f"--clean-data {clean.root} lacks the clean image of {len(missing)} of the "
+                              f"{len(released)} images of {released.root} (e.g. {missing[0]}, matched by file name and "
+                              "class): pass the ImageNet validation images the set was made from")
+    return replace(clean, samples=samples, arrays=None)
+
+
+def _check_unchanged(store: RunStore, manifest: dict, sets: list[EvalSet], cfg: CorruptConfig, dist: Dist) -> None:
+    """Refuse a resume after files under --data were added, removed or repaired since cells were computed."""
     error = None
-    if dist.main:  # files added, removed or repaired under --data since the finished cells were computed
-        before = manifest.get("data") or {}
+    if dist.main:
+        before = {d["name"]: d for d in manifest.get("datasets") or []} or {sets[0].name: manifest.get("data") or {}}
         started = store.done_cells() or any(store.parts.glob("shard-*.npz"))  # torchrun: shards first
-        if before.get("samples_sha256", samples) != samples and started:
-            error = (f"--out {cfg.out} holds cells computed on other images ({before.get('usable')} usable then, "
-                     f"{len(ids)} now, or other files): {cfg.data} changed since; use another --out, or delete "
-                     "it to start over")
-            store.abandon()
+        for s in sets:
+            old = before.get(s.name, {})
+            if old.get("samples_sha256", s.samples_sha256) != s.samples_sha256 and started:
+                error = (f"--out {cfg.out} holds cells computed on other images of {s.name} ({old.get('usable')} "
+                         f"usable then, {len(s.ids)} now, or other files): {s.ds.root} changed since; use another "
+                         "--out, or delete it to start over")
+                store.abandon()
+                break
     dist.stop_on_main_error(error)
-    update = store.update_manifest if dist.main else (lambda **_: None)
-    update(
+
+
+def _record_session(store: RunStore, cfg: CorruptConfig, sets: list[EvalSet], models: list[LoadedModel],
+                    suite: Suite, workers: int, device: torch.device, dist: Dist) -> None:
+    if not dist.main:
+        return
+    records = [s.record() for s in sets]
+    store.update_manifest(
         execution={"batch_size": cfg.batch_size, "workers": workers, "device": str(device),
                    "amp": device.type == "cuda", "processes": dist.world, "compile": cfg.compile},
-        data={"name": ds.name, "root": ds.root, "layout": ds.layout, "images": len(ds), "usable": len(keep),
-              "samples_sha256": samples,
-              "num_classes": ds.num_classes, "image_size": ds.image_size, "notes": ds.notes},
-        skipped=skipped,
+        data=records[0], datasets=records,
+        skipped=[{**x, "dataset": s.name} if len(sets) > 1 else x for s in sets for x in s.skipped],
         models=[{"name": m.name, "description": m.spec.description, "input_size": m.spec.input_size,
                  "mean": m.spec.mean, "std": m.spec.std, "weights": m.weights,
                  "params": sum(p.numel() for p in m.module.parameters())} for m in models],
         suite={"name": suite.name, "path": str(suite.path), "sha256": suite.sha256},
     )
 
+
+def _run_corrupt(cfg: CorruptConfig, workers: int, device: torch.device, dist: Dist, t_start: float) -> RunResult:
+    suite: Suite = load_suite(cfg.suite)
+    table = _baseline_table(cfg)
+    sets = _open_sets(cfg, suite)
+    models = load_models(cfg.models, cfg.weights, sets[0].ds.num_classes, random_init=cfg.random_init,
+                         cache_dir=cfg.cache_dir, dataset=sets[0].name, seed=cfg.seed)
+    preprocess = _prepare_readers(cfg, sets, models, suite)
+    store = RunStore(cfg.out)
+    manifest = _begin(store, _result_config(cfg, sets, suite, models, preprocess), cfg, dist, device)
+    for s in sets:
+        _load_images(s, workers)
+    _check_unchanged(store, manifest, sets, cfg, dist)
+    _record_session(store, cfg, sets, models, suite, workers, device, dist)
+
     done = store.done_cells()
-    pending = [j for j, (c, s) in enumerate(cells)
-               if store.cell_key(c.name if c else "clean", s) not in done]
+    pending = {s.name: [j for j in range(len(s.cells)) if s.key(j) not in done] for s in sets}
     for m in models:
         m.module.to(device)
         if device.type == "cuda":
             m.module.to(memory_format=torch.channels_last)
-    if cfg.compile and pending:
+    if cfg.compile and any(pending.values()):
         compile_models(models, cfg.batch_size, device)
     backoff: list[dict] = []
-
-    n = len(ids)
     t_cells = time.perf_counter()
-    key = [store.cell_key(c.name if c else "clean", s) for c, s in cells]
-    mine = pending if not dist.active else [
-        j for j in pending if not shard_path(store.parts, key[j], dist.rank, dist.world).exists()]
-    with _progress(cfg.progress and dist.main) as bar:
-        task = bar.add_task(f"{len(pending)}/{len(cells)} cells × {len(models)} models"
-                            + (f", {dist.world} processes" if dist.active else ""),
-                            total=len(mine) * n // dist.world)
-        failure = None
-        try:
-            for j, positions, per_model in iterate_cells(
-                    images, ids, labels, cells, mine, models, seed=cfg.seed, batch_size=cfg.batch_size,
-                    workers=workers, device=device, on_batch=lambda k: bar.advance(task, k),
-                    shard=(dist.rank, dist.world), reader=reader, backoff=backoff):
-                _check_finite(per_model, cells[j], device)
-                if dist.active:
-                    write_shard(shard_path(store.parts, key[j], dist.rank, dist.world), positions, per_model)
-                    _test_crash_hook(dist.rank)
-                else:
-                    _commit_cell(store, cells[j], models, per_model, ids, labels, ds.name, cfg.save_predictions)
-        except MambaBenchError as exc:  # under torchrun every rank must hear it, not wait for this one
-            if not dist.active:
-                raise
-            failure = f"rank {dist.rank}: {exc}"
-    gathered = dist.gather((len(mine), failure))  # also the barrier after every rank's shards
-    failures = [f for _, f in gathered if f]
-    if failures:
-        raise MambaBenchError(failures[0])
-    computed = [n for n, _ in gathered]
-    if dist.active:
-        if not dist.main:
-            dist.barrier()  # rank 0 merges and writes the tables
-            return _read_result(store)
-        for j in pending:
-            shards = [shard_path(store.parts, key[j], r, dist.world) for r in range(dist.world)]
-            per_model = merge_shards(shards, n, [m.name for m in models])
-            _commit_cell(store, cells[j], models, per_model, ids, labels, ds.name, cfg.save_predictions)
-            for f in shards:
-                f.unlink()
+    computed = _evaluate(cfg, store, sets, pending, models, workers, device, dist, backoff)
+    if computed is None:  # a non-zero torchrun rank: rank 0 merged and wrote the tables
+        return _read_result(store)
     seconds = time.perf_counter() - t_cells
-
-    keys = [store.cell_key(c.name if c else "clean", s) for c, s in cells]
-    metrics = add_clean_drop(store.read_parts("metrics", keys))
-    metrics = conform(metrics, METRICS_SCHEMA)
-    summary = conform(corruption_errors(metrics, cfg.baseline), SUMMARY_SCHEMA)
-    store.write_table("metrics.parquet", metrics, METRICS_SCHEMA)
-    store.write_table("summary.parquet", summary, SUMMARY_SCHEMA)
-    if cfg.save_predictions:
-        store.write_table("predictions.parquet", store.read_parts("predictions", keys), PREDICTIONS_SCHEMA)
-    from mamba_bench.results.plots import write_corruption_plots
-
-    plots = write_corruption_plots(metrics, store.root, [m.name for m in models])
+    n_done = sum(len(pending[s.name]) * len(s.ids) for s in sets)
+    res = _write_tables(cfg, store, sets, models, table)
     sess = manifest["sessions"][-1]
     if dist.active:
         sess["shards_computed_per_rank"] = computed
     sess["oom_backoff"] = backoff  # this process's (rank 0's under torchrun) out-of-memory retries
-    sess.update({"cells_run": len(pending), "images_per_second": (len(pending) * n / seconds) if pending else None,
+    sess.update({"cells_run": sum(map(len, pending.values())),
+                 "images_per_second": (n_done / seconds) if n_done else None,
                  "seconds_cells": round(seconds, 3), "seconds_total": round(time.perf_counter() - t_start, 3)})
-    store.finish(tables=["metrics.parquet", "summary.parquet"] + (["predictions.parquet"] if cfg.save_predictions
-                 else []), plots=[p.name for p in plots], config_cli=asdict(cfg) | {"progress": None})
+    store.finish(tables=res["tables"], plots=res["plots"], config_cli=asdict(cfg) | {"progress": None})
     dist.barrier()
-    return RunResult(store.root, metrics, summary, store.manifest)
+    return RunResult(store.root, res["metrics"], res["summary"], store.manifest)
+
+
+def _evaluate(cfg: CorruptConfig, store: RunStore, sets: list[EvalSet], pending: dict[str, list[int]],
+              models: list[LoadedModel], workers: int, device: torch.device, dist: Dist,
+              backoff: list[dict]) -> list[int] | None:
+    """Every pending cell of every set, each committed as it finishes (under torchrun: this rank's shards,
+    merged by rank 0). Returns the shards each rank computed; None on a rank that is not rank 0."""
+    mine = {s.name: pending[s.name] if not dist.active else [
+        j for j in pending[s.name] if not shard_path(store.parts, s.key(j), dist.rank, dist.world).exists()]
+        for s in sets}
+    total = sum(len(mine[s.name]) * len(s.ids) for s in sets) // dist.world
+    n_pending, n_cells = sum(map(len, pending.values())), sum(len(s.cells) for s in sets)
+    failure = None
+    with _progress(cfg.progress and dist.main) as bar:
+        task = bar.add_task(f"{n_pending}/{n_cells} cells × {len(models)} models"
+                            + (f", {dist.world} processes" if dist.active else ""), total=total)
+        try:
+            for s in sets:
+                for j, positions, per_model in iterate_cells(
+                        s.images, s.ids, s.labels, s.cells, mine[s.name], models, seed=cfg.seed,
+                        batch_size=cfg.batch_size, workers=workers, device=device,
+                        on_batch=lambda k: bar.advance(task, k), shard=(dist.rank, dist.world), reader=s.reader,
+                        backoff=backoff, class_subset=s.ds.class_subset):
+                    _check_finite(per_model, s.cells[j], device)
+                    if dist.active:
+                        write_shard(shard_path(store.parts, s.key(j), dist.rank, dist.world), positions, per_model)
+                        _test_crash_hook(dist.rank)
+                    else:
+                        _commit_cell(store, s, j, models, per_model, cfg.save_predictions)
+        except MambaBenchError as exc:  # under torchrun every rank must hear it, not wait for this one
+            if not dist.active:
+                raise
+            failure = f"rank {dist.rank}: {exc}"
+    gathered = dist.gather((sum(map(len, mine.values())), failure))  # also the barrier after every rank's shards
+    failures = [f for _, f in gathered if f]
+    if failures:
+        raise MambaBenchError(failures[0])
+    if dist.active:
+        if not dist.main:
+            dist.barrier()
+            return None
+        for s in sets:
+            for j in pending[s.name]:
+                shards = [shard_path(store.parts, s.key(j), r, dist.world) for r in range(dist.world)]
+                per_model = merge_shards(shards, len(s.ids), [m.name for m in models])
+                _commit_cell(store, s, j, models, per_model, cfg.save_predictions)
+                for f in shards:
+                    f.unlink()
+    return [n for n, _ in gathered]
+
+
+def _baseline_table(cfg: CorruptConfig):
+    """The published or external table CE is normalised by (None: a model of the run, or none)."""
+    from mamba_bench.eval.baselines import is_published, load_baseline_table
+
+    if cfg.baseline_table is not None:
+        return load_baseline_table(cfg.baseline_table, cfg.baseline)
+    if is_published(cfg.baseline):
+        return load_baseline_table(cfg.baseline)
+    if cfg.baseline is not None and cfg.baseline not in cfg.models:
+        raise MambaBenchError(f"--baseline {cfg.baseline} is not one of the --model names of this run nor a "
+                              f"published table (alexnet): {', '.join(cfg.models)}")
+    return None
+
+
+def _write_tables(cfg: CorruptConfig, store: RunStore, sets: list[EvalSet], models: list[LoadedModel],
+                  table=None) -> dict:
+    """The final tables from every cell's part file, and the plots."""
+    keys = [s.key(j) for s in sets for j in range(len(s.cells))]
+    metrics = conform(add_clean_drop(store.read_parts("metrics", keys)), METRICS_SCHEMA)
+    summary = conform(corruption_errors(metrics, None if table else cfg.baseline, table), SUMMARY_SCHEMA)
+    store.write_table("metrics.parquet", metrics, METRICS_SCHEMA)
+    store.write_table("summary.parquet", summary, SUMMARY_SCHEMA)
+    tables = ["metrics.parquet", "summary.parquet"]
+    if cfg.save_predictions:
+        store.write_table("predictions.parquet", store.read_parts("predictions", keys), PREDICTIONS_SCHEMA)
+        tables.append("predictions.parquet")
+    from mamba_bench.results.plots import write_corruption_plots
+
+    main = next((s.name for s in sets if len(s.cells) > 1), sets[0].name)  # the plots show one set's cells
+    plots = write_corruption_plots(metrics[metrics.dataset == main], store.root, [m.name for m in models])
+    return {"metrics": metrics, "summary": summary, "tables": tables, "plots": [p.name for p in plots]}
+
+
+def _read_result(store: RunStore) -> RunResult:
+    """What a non-zero rank returns: the tables rank 0 wrote."""
+    return RunResult(store.root, pd.read_parquet(store.root / "metrics.parquet"),
+                     pd.read_parquet(store.root / "summary.parquet"), json.loads(store.manifest_path.read_text()))
+
+
+def _commit_cell(store: RunStore, s: EvalSet, j: int, models: list[LoadedModel],
+                 per_model: dict[str, dict[str, np.ndarray]], save_predictions: bool) -> None:
+    corruption, severity = s.cells[j]
+    cname = corruption.name if corruption else "clean"
+    labels = _full_labels(s)
+    rows, preds = [], []
+    for m in models:
+        per = per_model[m.name]
+        rows.append({"model": m.name, "dataset": s.name, "corruption": cname, "severity": severity,
+                     **summarize(per, s.num_scored_classes)})
+        if save_predictions:
+            preds.append(pd.DataFrame({
+                "model": m.name, "dataset": s.name, "corruption": cname, "severity": severity,
+                "image_id": s.ids, "label": labels, "pred": per["pred"], "correct": per["correct"],
+                "correct5": per["correct5"], "confidence": per["confidence"], "nll": per["nll"],
+            }))
+    metrics = pd.DataFrame(rows)
+    metrics["top1_drop"] = np.nan
+    store.write_cell(s.key(j), conform(metrics, METRICS_SCHEMA),
+                     conform(pd.concat(preds, ignore_index=True), PREDICTIONS_SCHEMA) if save_predictions else None)
+
+
+def _full_labels(s: EvalSet) -> np.ndarray:
+    """Labels as class indices of the whole label space (ImageNet-1k), also for a 200-class subset."""
+    y = s.labels.numpy()
+    return np.asarray(s.ds.class_subset, np.int64)[y] if s.ds.class_subset else y
 
 
 def _check_finite(per_model: dict[str, dict[str, np.ndarray]], cell: tuple[Corruption | None, int],
@@ -554,34 +846,6 @@ def _check_finite(per_model: dict[str, dict[str, np.ndarray]], cell: tuple[Corru
                 if device.type == "cuda" else ""
             raise MambaBenchError(f"{name} gave non-finite logits (NaN/inf) for {bad} of {per['confidence'].size} "
                                   f"images of {cname}: check its weights{hint}; finished cells are kept")
-
-
-def _read_result(store: RunStore) -> RunResult:
-    """What a non-zero rank returns: the tables rank 0 wrote."""
-    return RunResult(store.root, pd.read_parquet(store.root / "metrics.parquet"),
-                     pd.read_parquet(store.root / "summary.parquet"), json.loads(store.manifest_path.read_text()))
-
-
-def _commit_cell(store: RunStore, cell: tuple[Corruption | None, int], models: list[LoadedModel],
-                 per_model: dict[str, dict[str, np.ndarray]], ids: list[str], labels: torch.Tensor,
-                 dataset: str, save_predictions: bool) -> None:
-    corruption, severity = cell
-    cname = corruption.name if corruption else "clean"
-    rows, preds = [], []
-    for m in models:
-        per = per_model[m.name]
-        rows.append({"model": m.name, "dataset": dataset, "corruption": cname, "severity": severity,
-                     **summarize(per)})
-        if save_predictions:
-            preds.append(pd.DataFrame({
-                "model": m.name, "dataset": dataset, "corruption": cname, "severity": severity,
-                "image_id": ids, "label": labels.numpy(), "pred": per["pred"], "correct": per["correct"],
-                "correct5": per["correct5"], "confidence": per["confidence"], "nll": per["nll"],
-            }))
-    metrics = pd.DataFrame(rows)
-    metrics["top1_drop"] = np.nan
-    store.write_cell(cname, severity, conform(metrics, METRICS_SCHEMA),
-                     conform(pd.concat(preds, ignore_index=True), PREDICTIONS_SCHEMA) if save_predictions else None)
 
 
 _shards_written = 0

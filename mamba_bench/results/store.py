@@ -37,7 +37,7 @@ PREDICTIONS_SCHEMA: dict[str, str] = {
 }
 SUMMARY_SCHEMA: dict[str, str] = {
     "model": "string", "dataset": "string", "corruption": "string", "baseline": "string",
-    "mean_top1": "float64", "ce": "float64", "relative_ce": "float64",
+    "mean_top1": "float64", "ce": "float64", "relative_ce": "float64", "note": "string",
 }
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
@@ -167,9 +167,7 @@ class RunStore:
             return set()
         return {p.name[len("metrics-"):-len(".parquet")] for p in self.parts.glob("metrics-*.parquet")}
 
-    def write_cell(self, corruption: str, severity: int, metrics: pd.DataFrame,
-                   predictions: pd.DataFrame | None) -> None:
-        key = self.cell_key(corruption, severity)
+    def write_cell(self, key: str, metrics: pd.DataFrame, predictions: pd.DataFrame | None) -> None:
         if predictions is not None:
             atomic_write_parquet(self.parts / f"predictions-{key}.parquet", predictions)
         atomic_write_parquet(self.parts / f"metrics-{key}.parquet", metrics)  # the commit marker: last
