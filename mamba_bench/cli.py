@@ -545,14 +545,13 @@ def compare(
     candidate: Annotated[Path, typer.Argument(help="Candidate: a report directory or a corrupt run directory.")],
     max_drop: Annotated[float, typer.Option(help="Top-1 drop (points) above which a row can be a regression.")] = 0.5,
     alpha: Annotated[float, typer.Option(help="Significance level of the paired McNemar test.")] = 0.05,
-    strict: Annotated[bool, typer.Option(help="Refuse runs made with different suites, seeds or images, and rows "
-                                                "whose copies within one side differ.")] = False,
+    strict: Annotated[bool, typer.Option(help="Refuse matched rows whose runs differ in suite, seed, images or "
+                                                "precision, and rows whose copies within one side differ.")] = False,
     fmt: FormatOpt = "table",
 ) -> None:
     """Exit 0: no regression; 1: a regression (drop > --max-drop and significant); 2: bad input."""
-    import pandas as pd
-
     from mamba_bench.report.compare import compare as run_compare
+    from mamba_bench.report.compare import fmt as cell
     from mamba_bench.report.compare import to_json, to_markdown
     from mamba_bench.report.runs import load_side
 
@@ -566,17 +565,16 @@ def compare(
         print(to_markdown(c), end="")
     else:
         table = Table(title=f"{baseline} → {candidate}: {len(c.regressions)} regression(s) in {len(c.rows)} rows")
-        for col in ("model", "corruption", "sev", "top-1 base", "top-1 cand", "Δ", "p", "verdict"):
+        for col in ("model", "data set", "corruption", "sev", "top-1 base", "top-1 cand", "Δ", "p", "verdict"):
             table.add_column(col, justify="right")
         for r in c.rows.itertuples():
-            p = "—" if pd.isna(r.p_value) else f"{r.p_value:.3g}"
-            table.add_row(r.model, r.corruption, str(r.severity), f"{r.top1_base:.2f}", f"{r.top1_cand:.2f}",
-                          f"{r.d_top1:+.2f}", p, r.verdict)
+            table.add_row(r.model, r.dataset, r.corruption, str(r.severity), cell(r.top1_base, ".2f"),
+                          cell(r.top1_cand, ".2f"), cell(r.d_top1, "+.2f"), cell(r.p_value, ".3g"), r.verdict)
         out_console.print(table)
         for label, df in (("only in the baseline", c.only_baseline), ("only in the candidate", c.only_candidate)):
             if len(df):
                 out_console.print(f"{len(df)} row(s) {label}: " + ", ".join(
-                    f"{r.model}/{r.corruption}/{r.severity}" for r in df.itertuples()))
+                    f"{r.model}/{r.dataset}/{r.corruption}/{r.severity}" for r in df.itertuples()))
     if len(c.regressions):
         raise typer.Exit(1)
 

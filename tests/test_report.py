@@ -192,7 +192,7 @@ def test_compare_counts_a_row_measured_in_several_runs_once():
     cand[1] = _run("c2", [("clean", 0), ("blur", 3)], {("clean", 0): 50})
     c = compare(base, cand, max_drop=1.0)
     assert c.rows[c.rows.corruption == "clean"].iloc[0].top1_cand == pytest.approx(98.5)
-    assert len(c.warnings) == 1 and "m/clean/0" in c.warnings[0] and "candidate" in c.warnings[0]
+    assert len(c.warnings) == 1 and "m/d/clean/0" in c.warnings[0] and "candidate" in c.warnings[0]
     with pytest.raises(MambaBenchError, match="--strict"):
         compare(base, cand, max_drop=1.0, strict=True)
 
@@ -210,7 +210,8 @@ def test_compare_refuses_when_nothing_matches_and_warns_on_other_images():
     base.manifest["data"] = {"name": "d", "samples_sha256": "1"}
     cand.manifest["data"] = {"name": "d", "samples_sha256": "2"}
     c = compare([base], [cand])
-    assert c.warnings == ["baseline and candidate evaluated different images of d (other files, sampling or "
-                          "skips): deltas include that"]
+    assert c.warnings == ["baseline and candidate use different evaluated images on 1 matched row(s) (m/d/clean/0): "
+                          "baseline run b has 1, candidate run c has 2; other files, sampling or skips, deltas "
+                          "include that"]
     cand.manifest["data"]["samples_sha256"] = "1"
     assert compare([base], [cand]).warnings == []

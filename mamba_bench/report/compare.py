@@ -5,8 +5,13 @@ delta is reported (candidate − baseline). A row is a **regression** when its t
 than ``max_drop`` points and — when both sides saved per-image predictions for the same images —
 the exact McNemar test on the discordant pairs rejects "no change" at ``alpha``; without
 predictions the threshold alone decides. Rows present on one side only are listed, never dropped.
-Runs made with different suites, seeds or images are compared on what matches, with a warning (or
-refused with ``strict``), and so are rows held by several runs of one side whose copies differ.
+
+Each matched row knows the run it came from on each side, and the two runs are checked **per row**:
+the seed and the suite's sha256 (corrupted rows only: clean images depend on neither), the hash of
+the evaluated image list of the row's data set, and the precision (``execution.amp``: bf16 autocast
+or fp32). A field one of the runs did not record is not checked. A mismatch is a warning naming the
+rows and runs (compare what matches), or refused with ``strict``; so are rows held by several runs of
+one side whose copies differ.
 """
 
 from __future__ import annotations
@@ -68,7 +73,7 @@ def _side(runs: list[Run], label: str, warnings: list[str]) -> tuple[pd.DataFram
         spread = (g[close].max() - g[close].min()).abs() > 1e-4 * g[close].max().abs().clip(lower=1e-8)
         differ = (g[exact].nunique(dropna=False) > 1).any(axis=1) | spread.any(axis=1)
         if differ.any():
-            shown = ", ".join("/".join(map(str, (k[0], k[2], k[3]))) for k in differ[differ].index[:5])
+            shown = ", ".join("/".join(map(str, k)) for k in differ[differ].index[:5])
             more = f" and {int(differ.sum()) - 5} more" if differ.sum() > 5 else ""
             warnings.append(f"{int(differ.sum())} {label} row(s) appear in several runs with different results "
                             f"({shown}{more}): each is taken from the first run that holds it")
@@ -78,7 +83,8 @@ def _side(runs: list[Run], label: str, warnings: list[str]) -> tuple[pd.DataFram
     if preds:
         predictions = pd.concat(preds, ignore_index=True).merge(metrics[KEYS + ["_run"]], on=KEYS + ["_run"])
         predictions = predictions.drop(columns="_run")
-    return metrics.drop(columns="_run").reset_index(drop=True), predictions
+    # which run each row came from: the per-row checks of compare() read that run's manifest
+    return metrics.rename(columns={"_run": "source_run"}).reset_index(drop=True), predictions
 
 
 def _what(df: pd.DataFrame) -> str:
@@ -86,20 +92,81 @@ def _what(df: pd.DataFrame) -> str:
     return "models {} on {}".format(*names)
 
 
-def _images(runs: list[Run]) -> dict[str, set]:
-    """Per data set name, the hashes of the evaluated image lists (runs since they are recorded)."""
-    out: dict[str, set] = {}
-    for r in runs:
-        data = r.manifest.get("data") or {}
+def samples_hash(manifest: dict, dataset: str) -> str | None:
+    """The recorded hash of the image list of ``dataset`` in a run's manifest, or None.
+
+    Read robustly across manifest versions: a ``datasets`` list of ``{"name", "samples_sha256"}``
+    entries (the entry named ``dataset``); ``data`` as such a list, or as a dict keyed by data set
+    name; or ``data`` as one data set's dict (its hash, unless it names another data set)."""
+    def pick(entries) -> str | None:
+        for e in entries:
+            if isinstance(e, dict) and e.get("name") == dataset and e.get("samples_sha256"):
+                return e["samples_sha256"]
+        return None
+
+    if isinstance(manifest.get("datasets"), list):
+        found = pick(manifest["datasets"])
+        if found:
+            return found
+    data = manifest.get("data")
+    if isinstance(data, list):
+        return pick(data)
+    if isinstance(data, dict):
         if data.get("samples_sha256"):
-            out.setdefault(data.get("name"), set()).add(data["samples_sha256"])
+            named = data.get("name")
+            return data["samples_sha256"] if named is None or named == dataset else None
+        entry = data.get(dataset)
+        if isinstance(entry, dict):
+            return entry.get("samples_sha256")
+    return None
+
+
+def _amp(manifest: dict) -> str | None:
+    amp = (manifest.get("execution") or {}).get("amp")
+    return None if amp is None else ("bf16 autocast" if amp else "fp32")
+
+
+# (field, what it is called in a warning, what a difference means, does it matter for clean rows)
+_CHECKS = [
+    ("seed", "seeds", "corrupted images differ", False),
+    ("suite", "corruption suites (sha256)", "the corruptions differ", False),
+    ("samples", "evaluated images", "other files, sampling or skips", True),
+    ("precision", "precision", "bf16 autocast vs fp32 moves every metric a little", True),
+]
+
+
+def _field(run: Run, name: str, dataset: str):
+    man = run.manifest
+    if name == "seed":
+        return man.get("seed")
+    if name == "suite":
+        return (man.get("suite") or {}).get("sha256")
+    if name == "samples":
+        return samples_hash(man, dataset)
+    return _amp(man)
+
+
+def _row_checks(rows: pd.DataFrame, baseline: list[Run], candidate: list[Run]) -> list[str]:
+    """One warning per (field, baseline run, candidate run) whose matched rows disagree on it."""
+    out = []
+    for name, label, meaning, clean_too in _CHECKS:
+        bad: dict[tuple, list[str]] = {}
+        for r in rows.itertuples():
+            if r.corruption == "clean" and not clean_too:
+                continue
+            rb, rc = baseline[int(r.source_run_base)], candidate[int(r.source_run_cand)]
+            vb, vc = _field(rb, name, r.dataset), _field(rc, name, r.dataset)
+            if vb is None or vc is None or vb == vc:
+                continue
+            key = (rb.name, rc.name, str(vb), str(vc))
+            bad.setdefault(key, []).append(f"{r.model}/{r.dataset}/{r.corruption}/{r.severity}")
+        for (nb, nc, vb, vc), names in bad.items():
+            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            if name in ("suite", "samples"):  # hashes: long and meaningless to a reader
+                vb, vc = vb[:12], vc[:12]
+            out.append(f"baseline and candidate use different {label} on {len(names)} matched row(s) ({shown}): "
+                       f"baseline run {nb} has {vb}, candidate run {nc} has {vc}; {meaning}, deltas include that")
     return out
-
-
-def _fingerprints(runs: list[Run]) -> tuple[set, set]:
-    suites = {(r.manifest.get("suite") or {}).get("sha256") for r in runs}
-    seeds = {r.manifest.get("seed") for r in runs}
-    return suites, seeds
 
 
 def compare(baseline: list[Run], candidate: list[Run], *, max_drop: float = 0.5, alpha: float = 0.05,
@@ -108,22 +175,9 @@ def compare(baseline: list[Run], candidate: list[Run], *, max_drop: float = 0.5,
         raise MambaBenchError(f"--max-drop must be ≥ 0, got {max_drop}")
     if not 0 < alpha < 1:
         raise MambaBenchError(f"--alpha must be in (0, 1), got {alpha}")
-    warnings = []
-    (bs, bseed), (cs, cseed) = _fingerprints(baseline), _fingerprints(candidate)
-    if bs != cs:
-        warnings.append("baseline and candidate were made with different corruption suites (sha256 differ)")
-    if bseed != cseed:
-        warnings.append(f"baseline and candidate use different seeds ({sorted(map(str, bseed))} vs "
-                        f"{sorted(map(str, cseed))}): corrupted images differ, deltas include that")
-    bi, ci = _images(baseline), _images(candidate)
-    differ = sorted(d for d in bi.keys() & ci.keys() if bi[d] != ci[d])
-    if differ:
-        warnings.append(f"baseline and candidate evaluated different images of {', '.join(differ)} (other files, "
-                        "sampling or skips): deltas include that")
+    warnings: list[str] = []
     bm, bp = _side(baseline, "baseline", warnings)
     cm, cp = _side(candidate, "candidate", warnings)
-    if warnings and strict:
-        raise MambaBenchError("--strict: " + "; ".join(warnings))
     for name, df in (("baseline", bm), ("candidate", cm)):
         missing = [k for k in KEYS + ["top1"] if df is None or k not in df.columns]
         if missing:
@@ -134,6 +188,10 @@ def compare(baseline: list[Run], candidate: list[Run], *, max_drop: float = 0.5,
     rows = both[both._merge == "both"].drop(columns="_merge").reset_index(drop=True)
     if rows.empty:  # a gate that compared nothing must not pass
         raise MambaBenchError(f"no row matches: the baseline has {_what(bm)}, the candidate {_what(cm)}")
+    warnings += _row_checks(rows, baseline, candidate)
+    rows = rows.drop(columns=["source_run_base", "source_run_cand"])
+    if warnings and strict:
+        raise MambaBenchError("--strict: " + "; ".join(warnings))
     for m in METRICS:
         if f"{m}_base" in rows and f"{m}_cand" in rows:
             rows[f"d_{m}"] = rows[f"{m}_cand"] - rows[f"{m}_base"]
@@ -173,19 +231,24 @@ def to_markdown(c: Comparison) -> str:
         lines.append(f"> warning: {w}")
     shown = c.rows[c.rows.verdict != "ok"]
     if len(shown):
-        lines += ["| model | corruption | severity | top-1 base | top-1 cand | Δ top-1 | p | verdict |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += ["| model | data set | corruption | severity | top-1 base | top-1 cand | Δ top-1 | p | verdict |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in shown.itertuples():
-            p = "—" if pd.isna(r.p_value) else f"{r.p_value:.3g}"
-            lines.append(f"| {_md(r.model)} | {_md(r.corruption)} | {r.severity} | {r.top1_base:.2f} | "
-                         f"{r.top1_cand:.2f} | {r.d_top1:+.2f} | {p} | {r.verdict} |")
+            lines.append(f"| {_md(r.model)} | {_md(r.dataset)} | {_md(r.corruption)} | {r.severity} | "
+                         f"{fmt(r.top1_base, '.2f')} | {fmt(r.top1_cand, '.2f')} | {fmt(r.d_top1, '+.2f')} | "
+                         f"{fmt(r.p_value, '.3g')} | {r.verdict} |")
     else:
         lines.append("No row moved by more than the threshold.")
     for label, df in (("only in the baseline", c.only_baseline), ("only in the candidate", c.only_candidate)):
         if len(df):
             lines += ["", f"Rows {label} ({len(df)}): " + ", ".join(
-                f"{_md(r.model)}/{_md(r.corruption)}/{r.severity}" for r in df.itertuples())]
+                f"{_md(r.model)}/{_md(r.dataset)}/{_md(r.corruption)}/{r.severity}" for r in df.itertuples())]
     return "\n".join(lines) + "\n"
+
+
+def fmt(v: object, spec: str) -> str:
+    """A number for a table, "—" when missing (None, NaN, pd.NA: e.g. top-5 of a ≤ 5-class set)."""
+    return "—" if v is None or pd.isna(v) else format(float(v), spec)
 
 
 def _md(s: object) -> str:

@@ -14,6 +14,7 @@ import html
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from mamba_bench.errors import MambaBenchError
@@ -50,8 +51,7 @@ class _Doc:
 
     def table(self, df: pd.DataFrame, floatfmt: str = "{:.2f}") -> None:
         cols = [str(c) for c in df.columns]
-        cells = [[floatfmt.format(v) if isinstance(v, float) else str(v) for v in row]
-                 for row in df.itertuples(index=False)]
+        cells = [[_cell(v, floatfmt) for v in row] for row in df.itertuples(index=False)]
         self.md += ["| " + " | ".join(_md(c) for c in cols) + " |", "|" + "---|" * len(cols)]
         self.md += ["| " + " | ".join(_md(v) for v in r) + " |" for r in cells] + [""]
         head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
@@ -62,6 +62,15 @@ class _Doc:
         data = base64.b64encode(path.read_bytes()).decode()
         self.md.append(f"![{_md(alt)}]({rel})\n")
         self.html.append(f'<p><img alt="{html.escape(alt, quote=True)}" src="data:image/png;base64,{data}"></p>')
+
+
+def _cell(v: object, floatfmt: str) -> str:
+    """A table cell: a missing value (None, NaN, pd.NA — e.g. top-5 of a ≤ 5-class set) is "—"."""
+    if v is None or v is pd.NA or (isinstance(v, (float, np.floating)) and np.isnan(v)):
+        return "—"
+    if isinstance(v, (float, np.floating)):
+        return floatfmt.format(float(v))
+    return str(v)
 
 
 def _md(text: object) -> str:
@@ -75,35 +84,71 @@ def _code(v: object) -> str:
     return str(v).replace("`", "'")
 
 
+def _data_line(man: dict) -> str:
+    """The manifest's data section: one data set (``data``) or several (``datasets``, a list)."""
+    entries = man.get("datasets")
+    if not isinstance(entries, list) or not entries:
+        data = man.get("data")
+        entries = data if isinstance(data, list) else [data if isinstance(data, dict) else {}]
+    return "; ".join(f"{d.get('name')} ({d.get('usable')} images, {d.get('num_classes')} classes)"
+                     for d in entries if isinstance(d, dict))
+
+
 def _corrupt_section(doc: _Doc, run: Run, out: Path) -> None:
+    from mamba_bench.report import tables
+    from mamba_bench.results.plots import file_tags, write_heatmap
+
     man, m = run.manifest, run.tables["metrics"]
-    data = man.get("data", {})
     doc.meta([("path", run.path), ("command", " ".join(map(str, man.get("command", [])))),
-              ("data", f"{data.get('name')} ({data.get('usable')} images, {data.get('num_classes')} classes)"),
+              ("data", _data_line(man)),
               ("suite", (man.get("suite") or {}).get("name")), ("seed", man.get("seed")),
+              ("precision", _precision(man)),
               ("models", ", ".join(x["name"] for x in man.get("models", []))), ("git", man.get("git_commit"))])
-    clean = m[m.corruption == "clean"].set_index("model").top1
-    corr = m[m.corruption != "clean"]
-    wide = corr.groupby(["corruption", "model"]).top1.mean().unstack("model")
-    wide.insert(0, "corruption", wide.index)
-    doc.heading(3, "Top-1 (%) per corruption, mean over severities")
-    doc.table(pd.concat([pd.DataFrame([{"corruption": "clean", **clean.to_dict()}]), wide], ignore_index=True))
-    sev = corr.groupby(["severity", "model"]).top1.mean().unstack("model")
-    sev.insert(0, "severity", sev.index.astype(str))
-    doc.heading(3, "Top-1 (%) per severity, mean over corruptions")
-    doc.table(sev)
-    s = run.tables["summary"]
-    if len(s):
-        has_ce = s.ce.notna().any()
-        agg = s.groupby("model").agg(mean_top1=("mean_top1", "mean"), mCE=("ce", "mean"),
-                                     relative_mCE=("relative_ce", "mean")).reset_index()
-        if has_ce:
-            doc.heading(3, f"mCE and relative mCE (baseline {s.baseline.dropna().iloc[0]})")
+    every = tables.datasets(m)
+    several = len(every) > 1
+    # several data sets: one section per data set with corruptions (clean-only sets: the shift table)
+    shown = tables.corrupted_datasets(m) if several else every
+    level = 4 if several else 3
+    tags = file_tags(shown)
+    for dataset in shown:
+        if several:
+            doc.heading(3, f"Data set {dataset}")
+        dm = m[m.dataset == dataset]
+        if (dm.corruption != "clean").any():
+            rel = f"plots/{run.name}-heatmap" + (f"-{tags[dataset]}" if len(shown) > 1 else "") + ".png"
+            (out / "plots").mkdir(parents=True, exist_ok=True)
+            write_heatmap(dm, out / rel, tables.models(dm), f"Top-1 (%) per model and corruption — {dataset}")
+            doc.heading(level, "Top-1 (%) heat-map: models × corruptions (mean over severities)")
+            doc.image(out / rel, f"{run.name}: top-1 heat-map of {dataset}", rel)
+        doc.heading(level, "Top-1 (%) per corruption, mean over severities")
+        doc.table(tables.per_corruption(m, dataset))
+        sev = tables.per_severity(m, dataset)
+        if len(sev):
+            doc.heading(level, "Top-1 (%) per severity, mean over corruptions")
+            doc.table(sev)
+            if sev.severity.str.startswith("severity-free").any():
+                doc.para("The severity-free corruptions (recorded with severity 0) are not a severity: their "
+                         "mean is the last row. Clean images are in the table above.")
+        s = run.tables["summary"]
+        if len(s) and "dataset" in s.columns and (s.dataset == dataset).any():
+            agg, base = tables.summary_means(s, dataset)
+            if "mCE" in agg.columns:
+                doc.heading(level, f"mCE and relative mCE (baseline {base or 'unnamed'})")
+            else:
+                doc.heading(level, "Mean corrupted top-1 (%) (no --baseline: no mCE)")
             doc.table(agg)
-        else:
-            doc.heading(3, "Mean corrupted top-1 (%) (no --baseline: no mCE)")
-            doc.table(agg[["model", "mean_top1"]])
+    shift, main, why = tables.natural_shifts(m)
+    if shift is not None:
+        doc.heading(3, "Natural shifts: top-1 (%) on each data set" + (f" vs clean {main}" if main else ""))
+        doc.table(shift)
+        doc.para(f"Δ: top-1 on the set minus clean top-1 on {main} (points)." if main else
+                 f"{why}: no drop is computed.")
     _plots(doc, run, out)
+
+
+def _precision(man: dict) -> str:
+    amp = (man.get("execution") or {}).get("amp")
+    return "not recorded" if amp is None else ("bf16 autocast" if amp else "fp32")
 
 
 def _dg_section(doc: _Doc, run: Run, out: Path) -> None:
