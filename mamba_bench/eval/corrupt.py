@@ -795,8 +795,7 @@ def _write_tables(cfg: CorruptConfig, store: RunStore, sets: list[EvalSet], mode
         tables.append("predictions.parquet")
     from mamba_bench.results.plots import write_corruption_plots
 
-    main = next((s.name for s in sets if len(s.cells) > 1), sets[0].name)  # the plots show one set's cells
-    plots = write_corruption_plots(metrics[metrics.dataset == main], store.root, [m.name for m in models])
+    plots = write_corruption_plots(metrics, store.root, [m.name for m in models])
     return {"metrics": metrics, "summary": summary, "tables": tables, "plots": [p.name for p in plots]}
 
 
