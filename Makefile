@@ -14,6 +14,8 @@ endif
 export MPLBACKEND := Agg
 DEMO_OUT ?= runs/demo
 PYTEST_ARGS ?=
+# the suite on every core (one worker per core, whole files per worker so module fixtures run once)
+TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 1)
 
 .PHONY: setup demo test bench lint clean report-ci baseline browser gpu-prep
 
@@ -30,7 +32,7 @@ demo: $(STAMP)
 	$(BIN)/mamba-bench demo --out $(DEMO_OUT)
 
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS)
 
 # Debian's Chromium for the report's headless-browser test (the test is skipped where it cannot be had).
 browser:

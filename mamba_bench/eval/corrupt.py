@@ -651,9 +651,10 @@ def _check_unchanged(store: RunStore, manifest: dict, sets: list[EvalSet], cfg: 
         for s in sets:
             old = before.get(s.name, {})
             if old.get("samples_sha256", s.samples_sha256) != s.samples_sha256 and started:
-                error = (f"--out {cfg.out} holds cells computed on other images of {s.name} ({old.get('usable')} "
-                         f"usable then, {len(s.ids)} now, or other files): {s.ds.root} changed since; use another "
-                         "--out, or delete it to start over")
+                which = f" of {s.name}" if len(sets) > 1 else ""
+                error = (f"--out {cfg.out} holds cells computed on other images ({old.get('usable')} usable then, "
+                         f"{len(s.ids)} now, or other files{which}): {s.ds.root} changed since; use another --out, "
+                         "or delete it to start over")
                 store.abandon()
                 break
     dist.stop_on_main_error(error)
