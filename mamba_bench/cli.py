@@ -16,7 +16,14 @@ import typer
 from rich.table import Table
 
 from mamba_bench.errors import MambaBenchError
-from mamba_bench.present import out_console, print_dg, print_frame, print_run_summary
+from mamba_bench.present import (
+    out_console,
+    print_dg,
+    print_frame,
+    print_models,
+    print_predictions,
+    print_run_summary,
+)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Robustness benchmarks for vision models — state-space (Mamba) models first.")
@@ -116,23 +123,7 @@ def predict(
 
     _check_format(fmt)
     results, errors = predict_images(model, [str(p) for p in images], weights=weights, topk=topk, device=device)
-    if fmt == "json":
-        print(json.dumps(results, indent=2))
-    else:
-        for r in results:
-            if fmt == "markdown":
-                print(f"### {r['image']}\n\n| rank | class | label | logit | probability |\n|---|---|---|---|---|")
-                for t in r["topk"]:
-                    print(f"| {t['rank']} | {t['index']} | {t['label']} | {t['logit']:.4f} | {t['probability']:.4f} |")
-                print()
-                continue
-            table = Table(title=r["image"])
-            for c in ("rank", "class", "label", "logit", "probability"):
-                table.add_column(c)
-            for t in r["topk"]:
-                table.add_row(str(t["rank"]), str(t["index"]), t["label"], f"{t['logit']:.4f}",
-                              f"{t['probability']:.4f}")
-            out_console.print(table)
+    print_predictions(results, fmt)
     if errors:
         raise MambaBenchError(f"{len(errors)} of {len(images)} images could not be read: {errors[0]}")
 
@@ -184,17 +175,7 @@ def models(
     from mamba_bench.models.registry import registered_models
 
     _check_format(fmt)
-    rows = [{"name": s.name, "family": s.family, "description": s.description,
-             "timm_name": s.timm_name} for s in registered_models().values()]
-    if fmt == "json":
-        print(json.dumps(rows, indent=2))
-    else:
-        table = Table(title="models (any timm model name works too)")
-        for c in ("name", "family", "description", "timm_name"):
-            table.add_column(c)
-        for r in rows:
-            table.add_row(r["name"], r["family"], r["description"], r["timm_name"] or "")
-        out_console.print(table)
+    print_models(registered_models().values(), fmt)
     if timm_names:
         import timm
 

@@ -85,3 +85,39 @@ def print_frame(df, fmt: str) -> bool:
             print("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row) + " |")
         return True
     return False
+
+
+def print_predictions(results: list[dict], fmt: str) -> None:
+    """predict's top-k per image: JSON, Markdown or a rich table each."""
+    if fmt == "json":
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            if fmt == "markdown":
+                print(f"### {r['image']}\n\n| rank | class | label | logit | probability |\n|---|---|---|---|---|")
+                for t in r["topk"]:
+                    print(f"| {t['rank']} | {t['index']} | {t['label']} | {t['logit']:.4f} | {t['probability']:.4f} |")
+                print()
+                continue
+            table = Table(title=r["image"])
+            for c in ("rank", "class", "label", "logit", "probability"):
+                table.add_column(c)
+            for t in r["topk"]:
+                table.add_row(str(t["rank"]), str(t["index"]), t["label"], f"{t['logit']:.4f}",
+                              f"{t['probability']:.4f}")
+            out_console.print(table)
+
+
+def print_models(specs, fmt: str) -> None:
+    """The registry as JSON or a rich table."""
+    rows = [{"name": s.name, "family": s.family, "description": s.description,
+             "timm_name": s.timm_name} for s in specs]
+    if fmt == "json":
+        print(json.dumps(rows, indent=2))
+    else:
+        table = Table(title="models (any timm model name works too)")
+        for c in ("name", "family", "description", "timm_name"):
+            table.add_column(c)
+        for r in rows:
+            table.add_row(r["name"], r["family"], r["description"], r["timm_name"] or "")
+        out_console.print(table)
