@@ -4,7 +4,9 @@ Importing this package imports every model family, each of which registers its o
 place to add a new family: one module, one name in the import below).
 """
 
-from mamba_bench.models import start, timm_zoo, vmamba  # noqa: F401  (families register themselves)
+# families register themselves, in the order `mamba-bench models` lists them
+from mamba_bench.models import timm_zoo, vmamba  # noqa: F401, I001
+from mamba_bench.models import start  # noqa: F401
 from mamba_bench.models.registry import ModelSpec, create_model, get_spec, register, registered_models
 from mamba_bench.models.weights import load_weights_into, read_state_dict, resolve_weights, save_checkpoint
 
