@@ -36,6 +36,8 @@ WeightsOpt = Annotated[list[str] | None, typer.Option(
 SeedOpt = Annotated[int, typer.Option(help="The only source of randomness (sampling, corruptions).")]
 DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or auto.")]
 FormatOpt = Annotated[str, typer.Option("--format", help="table, json or markdown.")]
+SuiteOpt = Annotated[str | None, typer.Option(help="Corruption suite: a shipped name (imgaug21, imagenet-c) or a "
+                                                   "TOML file (default imgaug21).")]
 
 
 def _check_format(fmt: str) -> str:
@@ -72,13 +74,14 @@ def corrupt(
     clean_data: Annotated[str | None, typer.Option(
         help="ImageNet val dir a released ImageNet-C/-C-bar/-3DCC set was made from (its clean images).")] = None,
     corruptions: Annotated[list[str] | None, typer.Option(
-        help="'all' (default) or names, comma-separated or repeated (see `mamba-bench corruptions`).")] = None,
+        help="'all' (default), 'none' (clean only), group names (imagenet-c: noise, blur, weather, digital, "
+             "extras) or names, comma-separated or repeated (see `mamba-bench corruptions`).")] = None,
     severities: Annotated[list[str] | None, typer.Option(help="'all' (default) or e.g. 1,3,5.")] = None,
     per_class: Annotated[int | None, typer.Option(help="Sample K images per class (the report used 15).")] = None,
     seed: SeedOpt = 0,
     labels: Annotated[str | None, typer.Option(
         help="Label file for a flat layout: LOC_val_solution.csv or ILSVRC2012_validation_ground_truth.txt.")] = None,
-    suite: Annotated[str | None, typer.Option(help="Corruption suite TOML (default transforms/imgaug21.toml).")] = None,
+    suite: SuiteOpt = None,
     baseline: Annotated[str | None, typer.Option(
         help="What CE / mCE are relative to: a --model of this run, 'alexnet' (ImageNet-C's published AlexNet "
              "errors), or the model to take from --baseline-table.")] = None,
@@ -133,7 +136,7 @@ def corruptions(
     preview: Annotated[Path | None, typer.Option(help="Write a gallery PNG of this image under every corruption.")]
     = None,
     out: Annotated[Path, typer.Option(help="Gallery PNG path (with --preview).")] = Path("gallery.png"),
-    suite: Annotated[str | None, typer.Option(help="Suite TOML (default transforms/imgaug21.toml).")] = None,
+    suite: SuiteOpt = None,
     severities: Annotated[list[str] | None, typer.Option(help="Severities shown in the gallery.")] = None,
     seed: SeedOpt = 0,
     fmt: FormatOpt = "table",
@@ -148,21 +151,26 @@ def corruptions(
         path = make_gallery(preview, out, s, severities=(1, 3, 5) if sev == "all" else tuple(sev), seed=seed)
         out_console.print(f"wrote {path}")
         return
-    rows = [{"name": c.name, "title": c.title, "augmenter": c.augmenter,
-             "severities": list(c.severities)} for c in s.corruptions.values()]
+    rows = [{"name": c.name, "title": c.title, "augmenter": c.augmenter, "severities": list(c.severities),
+             "group": c.group, "in_all": c.in_all} for c in s.corruptions.values()]
+
+    def group(r: dict) -> str:
+        return " ".join(filter(None, [r["group"], "" if r["in_all"] else "(not in 'all')"]))
+
     if fmt == "json":
         print(json.dumps({"suite": s.name, "path": str(s.path), "corruptions": rows}, indent=2))
         return
     if fmt == "markdown":
-        print("| name | title | augmenter | severities |\n|---|---|---|---|")
+        print("| name | title | augmenter | severities | group |\n|---|---|---|---|---|")
         for r in rows:
-            print(f"| {r['name']} | {r['title']} | {r['augmenter']} | {','.join(map(str, r['severities']))} |")
+            print(f"| {r['name']} | {r['title']} | {r['augmenter']} | {','.join(map(str, r['severities']))} "
+                  f"| {group(r)} |")
         return
     table = Table(title=f"suite {s.name} ({s.path}) — plus 'clean', always measured")
-    for c in ("name", "title", "augmenter", "severities"):
+    for c in ("name", "title", "augmenter", "severities", "group"):
         table.add_column(c)
     for r in rows:
-        table.add_row(r["name"], r["title"], r["augmenter"], ",".join(map(str, r["severities"])))
+        table.add_row(r["name"], r["title"], r["augmenter"], ",".join(map(str, r["severities"])), group(r))
     out_console.print(table)
 
 
@@ -192,6 +200,7 @@ def bench_corrupt(
     workers: Annotated[int | None, typer.Option()] = None,
     device: DeviceOpt = "auto",
     out: Annotated[Path, typer.Option(help="Where bench_corrupt.json goes.")] = Path("runs/bench"),
+    suite: SuiteOpt = None,
     fmt: FormatOpt = "table",
 ) -> None:
     """ms per image per corruption at 224 px, and the pipeline's end-to-end/model-only throughput."""
@@ -200,11 +209,12 @@ def bench_corrupt(
     _check_format(fmt)
     _bench_sizes(images=images, repeats=repeats, batch_size=batch_size, workers=workers)
     res = run(models=model or ["convnext-t", "swin-t"], images=images, severity=severity, repeats=repeats,
-              batch_size=batch_size, workers=workers, device=device, out=out)
+              batch_size=batch_size, workers=workers, device=device, out=out, suite=suite)
     if fmt == "json":
         print(json.dumps(res, indent=2))
         return
-    table = Table(title=f"corruption cost at 224 px, severity {severity} (ms / image, 1 process)")
+    table = Table(title=f"{res['suite']['name']}: corruption cost at 224 px, severity {severity} "
+                        "(ms / image, 1 process)")
     table.add_column("corruption")
     table.add_column("ms/img", justify="right")
     for name, ms in res["ms_per_image"].items():
@@ -569,7 +579,7 @@ def materialize(
     per_class: Annotated[int | None, typer.Option(help="Sample K images per class.")] = None,
     seed: SeedOpt = 0,
     labels: Annotated[str | None, typer.Option(help="Label file for a flat layout.")] = None,
-    suite: Annotated[str | None, typer.Option(help="Corruption suite TOML (default transforms/imgaug21.toml).")] = None,
+    suite: SuiteOpt = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes (default: cores - 1).")] = None,
 ) -> None:
     """Write the corrupted images once (lossless PNG); `corrupt --data OUT` then reads them, same results."""
@@ -619,7 +629,7 @@ def explain(
     corruptions: Annotated[list[str] | None, typer.Option(help="repair: corruptions of the evaluation "
                                                                "(default all, at --severity).")] = None,
     labels: Annotated[str | None, typer.Option(help="Label file for a flat layout.")] = None,
-    suite: Annotated[str | None, typer.Option(help="Corruption suite TOML.")] = None,
+    suite: SuiteOpt = None,
     batch_size: Annotated[int | None, typer.Option(help="Execution knob (default 16 explain, 64 repair "
                                                         "evaluation).")] = None,
     seed: SeedOpt = 0,

@@ -201,7 +201,7 @@ def test_select_and_unknown_names(suite):
     with pytest.raises(UnknownNameError) as exc:
         suite.select("gaussian_blur,blurry")
     msg = str(exc.value)
-    assert "'blurry'" in msg and ", ".join(EXPECTED) in msg and "(or 'all')" in msg and "\n" not in msg
+    assert "'blurry'" in msg and ", ".join(EXPECTED) in msg and "(or 'all', or 'none')" in msg and "\n" not in msg
     with pytest.raises(UnknownNameError):
         suite.select("")
     assert suite.get("clean") is suite.clean and suite.get("crop") is suite.corruptions["crop"]

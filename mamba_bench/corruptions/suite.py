@@ -1,9 +1,18 @@
 """Corruption suites as data, applied per image with a seed derived from what the image *is*.
 
-A suite file (``transforms/imgaug21.toml`` by default, or the user's ``--suite FILE``) maps
-corruption names to an imgaug augmenter and its parameters per severity. The file is validated
-completely when it is loaded (every severity is built and run once on a tiny probe image), so a typo
-fails in the first second of a run instead of after an hour of GPU time.
+A suite file maps corruption names to an imgaug augmenter and its parameters per severity.
+``--suite`` takes the name of a suite shipped in ``transforms/`` (``imgaug21``, the default;
+``imagenet-c``) or the path of the user's own TOML file (write ``./imgaug21`` for a file that has a
+shipped suite's name). The file is validated completely when it is loaded (every severity is built
+and run once on a tiny probe image), so a typo fails in the first second of a run instead of after
+an hour of GPU time.
+
+Selecting corruptions (:meth:`Suite.select`, ``--corruptions``): ``all`` is every corruption not
+marked ``in_all = false`` (ImageNet-C: its 15, without the 4 extras); a group name (a corruption's
+``group``, e.g. ``noise`` or ``extras``) its members; ``none`` no corruption at all (a clean-only
+run); names, groups and ``all`` combine (``all,extras``). The names ``clean``, ``mean``, ``none`` and
+``all`` are reserved (the clean reference, the mean row of the result tables, the two keywords): a
+suite may not give them to a corruption or a group.
 
 :func:`apply_corruption` reseeds the augmenter from ``(seed, image id, corruption, severity)`` before
 every image, so a corrupted image never depends on what was corrupted before it, on batch
@@ -20,6 +29,7 @@ import os
 import re
 import threading
 import tomllib
+import types
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,17 +50,56 @@ CLEAN = "clean"
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"imgaug(\.|$)")
 warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"imgaug(\.|$)")
 
-_ENTRY_KEYS = ("name", "title", "augmenter", "severity_free", "params", "fixed", "role")
+#: Names no corruption or group may have: the clean reference (only the entry with role "clean"), the
+#: aggregate row of the result tables (``corruption == "mean"``), and the selection keywords.
+RESERVED_NAMES = (CLEAN, "mean", "none", "all")
+_RESERVED_WHY = ("clean, mean, none and all name the clean reference, the results' mean row and the "
+                 "--corruptions keywords")
+DEFAULT_SUITE = "imgaug21"
+
+_ENTRY_KEYS = ("name", "title", "augmenter", "severity_free", "params", "fixed", "role", "group", "in_all")
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9_]*")
 _PROBE = np.random.default_rng(20240521).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+# imagecorruptions refuses images under 32 px, and spatter can leave NaN at 32 px (see apply_corruption)
+_PROBE_IMAGECORRUPTIONS = np.random.default_rng(20240521).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+# imgaug's imgcorruptlike augmenters seed numpy's *global* RNG around each image (and restore it):
+# two threads doing so at once would draw from each other's state; this lock serialises them.
+_GLOBAL_NUMPY_RNG = threading.Lock()
+if hasattr(os, "register_at_fork"):  # a child forked while another thread held it gets a fresh one
+    os.register_at_fork(after_in_child=lambda: globals().__setitem__("_GLOBAL_NUMPY_RNG", threading.Lock()))
+_IMGCORRUPTLIKE = "imgaug.augmenters.imgcorruptlike"
+
+
+def suites_dir() -> Path:
+    """Where the shipped suites are: the repository's ``transforms/``, or the copy a wheel carries
+    (``mamba_bench/_suites``, pyproject's force-include)."""
+    repo = Path(__file__).resolve().parents[2] / "transforms"
+    if (repo / f"{DEFAULT_SUITE}.toml").is_file():
+        return repo
+    return Path(str(resources.files("mamba_bench") / "_suites"))
+
+
+def shipped_suites() -> dict[str, Path]:
+    """Suite name (file stem) → file, for every suite shipped with mamba-bench."""
+    d = suites_dir()
+    return {p.stem: p for p in sorted(d.glob("*.toml"))} if d.is_dir() else {}
 
 
 def default_suite_path() -> Path:
-    """The repository's ``transforms/imgaug21.toml``, or the copy an installed wheel carries."""
-    repo = Path(__file__).resolve().parents[2] / "transforms" / "imgaug21.toml"
-    if repo.is_file():
-        return repo
-    return Path(str(resources.files("mamba_bench") / "_suites" / "imgaug21.toml"))
+    """The shipped ``imgaug21.toml`` (repository or wheel)."""
+    return suites_dir() / f"{DEFAULT_SUITE}.toml"
+
+
+def resolve_suite_path(suite: str | os.PathLike | None) -> Path:
+    """``--suite`` → a file: ``None`` is the default suite, a shipped suite's name (a string equal to
+    a file stem in :func:`suites_dir`) is that file, anything else is a path."""
+    if suite is None:
+        return default_suite_path()
+    if isinstance(suite, str):
+        shipped = shipped_suites()
+        if suite in shipped:
+            return shipped[suite]
+    return Path(suite)
 
 
 def _one_line(text: object) -> str:
@@ -63,6 +112,25 @@ def _iaa():
     import imgaug.augmenters as iaa
 
     return iaa
+
+
+def augmenter_class(name: str) -> type | None:
+    """The imgaug augmenter class ``name`` names, or ``None``.
+
+    ``name`` is a class of ``imgaug.augmenters`` (``"GaussianBlur"``) or of one of its modules
+    (``"imgcorruptlike.GaussianNoise"``: the ImageNet-C corruptions, which imgaug does not export at
+    the top level because their names clash with its own ``GaussianBlur``, ``Contrast``...).
+    """
+    parts = name.split(".")
+    if len(parts) > 2 or any(not p or p.startswith("_") for p in parts):
+        return None
+    obj: Any = _iaa()
+    if len(parts) == 2:
+        obj = getattr(obj, parts[0], None)
+        if not isinstance(obj, types.ModuleType) or not obj.__name__.startswith("imgaug.augmenters."):
+            return None
+    cls = getattr(obj, parts[-1], None)
+    return cls if isinstance(cls, type) and issubclass(cls, _iaa().Augmenter) else None
 
 
 @dataclass(frozen=True)
@@ -81,10 +149,18 @@ class Corruption:
     severities: tuple[int, ...]
     params: tuple[dict[str, Any], ...] = field(hash=False, repr=False)
     role: str = "corruption"  # "clean" for the untransformed reference
+    group: str | None = None  # a name `--corruptions` accepts for all of a group (e.g. "noise", "extras")
+    in_all: bool = True  # False: `--corruptions all` leaves it out (opt-in by name or group)
 
     @property
     def is_clean(self) -> bool:
         return self.role == CLEAN
+
+    @property
+    def seeds_numpy_global_rng(self) -> bool:
+        """An imgcorruptlike augmenter: it seeds numpy's global RNG for each image (and restores it)."""
+        cls = augmenter_class(self.augmenter)
+        return cls is not None and cls.__module__ == _IMGCORRUPTLIKE
 
     def params_for(self, severity: int) -> dict[str, Any]:
         """The augmenter's keyword arguments at ``severity`` (a copy: callers may not edit ours)."""
@@ -107,7 +183,7 @@ class Corruption:
         cache = _cache()
         aug = cache.get(key)
         if aug is None:
-            aug = getattr(_iaa(), self.augmenter)(**params)
+            aug = augmenter_class(self.augmenter)(**params)
             cache[key] = aug
         return aug
 
@@ -144,8 +220,24 @@ class Suite:
     clean: Corruption
     description: str = ""
 
+    @property
+    def groups(self) -> dict[str, list[str]]:
+        """Group name → its corruptions' names, in file order."""
+        out: dict[str, list[str]] = {}
+        for c in self.corruptions.values():
+            if c.group is not None:
+                out.setdefault(c.group, []).append(c.name)
+        return out
+
+    @property
+    def default(self) -> list[Corruption]:
+        """What ``all`` selects: every corruption not marked ``in_all = false``, in file order."""
+        return [c for c in self.corruptions.values() if c.in_all]
+
     def _valid(self) -> str:
-        return f"{', '.join(self.corruptions)} (or 'all')"
+        groups = self.groups
+        extra = f"; groups: {', '.join(groups)}" if groups else ""
+        return f"{', '.join(self.corruptions)}{extra} (or 'all', or 'none')"
 
     def get(self, name: str) -> Corruption:
         """A corruption by name, ``"clean"`` included."""
@@ -156,10 +248,19 @@ class Suite:
         return self.corruptions[name]
 
     def select(self, names: str | Sequence[str]) -> list[Corruption]:
-        """``"all"`` or names (a string, or each item, may be comma-separated), in the order given.
+        """The corruptions ``names`` asks for (a string, or each item, may be comma-separated).
 
-        ``clean`` is accepted and dropped: it is always measured anyway. Unknown names raise one
-        :class:`UnknownNameError` that lists the valid names, so a typo costs one try.
+        * ``all``: :attr:`default`, every corruption not marked ``in_all = false``, in file order;
+          other names given with it add what it lacks, in the order given (``all,extras``: the 15
+          ImageNet-C corruptions, then its 4 extras);
+        * a group name (``noise``, ``extras``...): the group's corruptions in file order;
+        * a corruption name: that corruption; without ``all``, everything in the order given;
+        * ``none``: no corruption at all, a clean-only run (``[]``); it cannot be combined with
+          other names (``clean`` aside);
+        * ``clean`` is accepted and dropped: it is always measured anyway.
+
+        Duplicates are dropped. Unknown names raise one :class:`UnknownNameError` that lists the
+        valid names, so a typo costs one try.
         """
         items = [names] if isinstance(names, str) else list(names)
         wanted: list[str] = []
@@ -170,12 +271,24 @@ class Suite:
             wanted += [n.strip() for n in item.split(",") if n.strip()]
         if not wanted:
             raise UnknownNameError(f"no corruption named; valid: {self._valid()}")
-        if "all" in wanted:
-            return list(self.corruptions.values())
-        unknown = [n for n in wanted if n not in self.corruptions and n != self.clean.name]
+        groups = self.groups
+        unknown = [n for n in wanted if n not in self.corruptions and n not in groups
+                   and n not in ("all", "none", self.clean.name)]
         if unknown:
             raise UnknownNameError(f"unknown corruption {unknown[0]!r}; valid: {self._valid()}")
-        return [self.corruptions[n] for n in dict.fromkeys(wanted) if n != self.clean.name]
+        if "none" in wanted:
+            others = [n for n in wanted if n not in ("none", self.clean.name)]
+            if others:
+                raise UnknownNameError(f"'none' selects no corruption and cannot be combined with {others[0]!r}; "
+                                       "give either 'none' or corruption names")
+            return []
+        chosen: list[str] = [c.name for c in self.default] if "all" in wanted else []
+        for n in wanted:
+            if n in groups:
+                chosen += groups[n]
+            elif n in self.corruptions:
+                chosen.append(n)
+        return [self.corruptions[n] for n in dict.fromkeys(chosen)]
 
     def severities(self, corruption: Corruption, wanted: str | Sequence[int]) -> list[int]:
         """The severities of ``corruption`` to run, ascending.
@@ -256,8 +369,10 @@ def _parse_entry(e: Any, k: int, path: Path) -> Corruption:
         if not isinstance(e[key], str) or not e[key]:
             raise MambaBenchError(f"{where}: field {key!r} must be a non-empty string")
     name = e["name"]
-    if not _NAME_RE.fullmatch(name) or name == "all":
-        raise MambaBenchError(f"{where}: name {name!r} must be snake_case (a-z, 0-9, _) and not 'all'")
+    if not _NAME_RE.fullmatch(name):
+        raise MambaBenchError(f"{where}: name {name!r} must be snake_case (a-z, 0-9, _)")
+    if name in RESERVED_NAMES and name != CLEAN:
+        raise MambaBenchError(f"{where}: the name {name!r} is reserved ({_RESERVED_WHY}); rename the corruption")
     where = f"suite file {path}, corruption {name!r}"
     title = e.get("title", name)
     if not isinstance(title, str):
@@ -266,18 +381,28 @@ def _parse_entry(e: Any, k: int, path: Path) -> Corruption:
     if role not in ("corruption", CLEAN):
         raise MambaBenchError(f"{where}: 'role' must be \"clean\" or left out, got {role!r}")
     if (name == CLEAN) != (role == CLEAN):
-        raise MambaBenchError(f"{where}: the clean reference is named 'clean' and has role = \"clean\"; "
-                              "no other entry may use either")
+        raise MambaBenchError(f"{where}: the name 'clean' is reserved for the clean reference, which has "
+                              "role = \"clean\"; no other entry may use either (rename the corruption)")
+    group = e.get("group")
+    if group is not None and (not isinstance(group, str) or not _NAME_RE.fullmatch(group)):
+        raise MambaBenchError(f"{where}: 'group' must be a snake_case name (a-z, 0-9, _), got {group!r}")
+    if group in RESERVED_NAMES:
+        raise MambaBenchError(f"{where}: the group name {group!r} is reserved ({_RESERVED_WHY}); rename the group")
+    in_all = e.get("in_all", True)
+    if not isinstance(in_all, bool):
+        raise MambaBenchError(f"{where}: 'in_all' must be true or false")
+    if role == CLEAN and ("group" in e or "in_all" in e):
+        raise MambaBenchError(f"{where}: the clean reference is always measured: no 'group' or 'in_all'")
     free = e.get("severity_free", role == CLEAN)
     if not isinstance(free, bool):
         raise MambaBenchError(f"{where}: 'severity_free' must be true or false")
     if role == CLEAN and (not free or e["augmenter"] != "Identity" or e.get("fixed") or "params" in e):
         raise MambaBenchError(f"{where}: the clean reference must be augmenter = \"Identity\", "
                               "severity_free = true, with no parameters")
-    aug_cls = getattr(_iaa(), e["augmenter"], None) if not e["augmenter"].startswith("_") else None
-    if not (isinstance(aug_cls, type) and issubclass(aug_cls, _iaa().Augmenter)):
-        raise MambaBenchError(f"{where}: unknown imgaug augmenter {e['augmenter']!r} "
-                              "(a class name of imgaug.augmenters, e.g. \"GaussianBlur\")")
+    if augmenter_class(e["augmenter"]) is None:
+        raise MambaBenchError(f"{where}: unknown imgaug augmenter {e['augmenter']!r} (a class name of "
+                              "imgaug.augmenters, e.g. \"GaussianBlur\", or of one of its modules, e.g. "
+                              "\"imgcorruptlike.GaussianNoise\")")
     fixed = _params_table(e.get("fixed", {}), f"{where}, 'fixed'")
     if free:
         if "params" in e:
@@ -301,7 +426,7 @@ def _parse_entry(e: Any, k: int, path: Path) -> Corruption:
         params = tuple({**fixed, **t} for t in tables)
         severities = tuple(range(1, len(tables) + 1))
     return Corruption(name=name, title=title, augmenter=e["augmenter"], severity_free=free,
-                      severities=severities, params=params, role=role)
+                      severities=severities, params=params, role=role, group=group, in_all=in_all)
 
 
 def _check_builds(c: Corruption, path: Path) -> None:
@@ -313,7 +438,8 @@ def _check_builds(c: Corruption, path: Path) -> None:
         except Exception as exc:  # imgaug raises assorted types (AssertionError, TypeError, ...)
             raise MambaBenchError(f"{where}: {c.augmenter} rejects its params ({_one_line(exc)})") from None
         try:
-            apply_corruption(c, s, _PROBE, seed=0, image_id="probe")
+            probe = _PROBE_IMAGECORRUPTIONS if c.seeds_numpy_global_rng else _PROBE
+            apply_corruption(c, s, probe, seed=0, image_id="probe")
         except MambaBenchError as exc:
             raise MambaBenchError(f"suite file {path}: {exc}") from None
         except Exception as exc:
@@ -322,17 +448,22 @@ def _check_builds(c: Corruption, path: Path) -> None:
 
 
 def load_suite(path: str | os.PathLike | None = None) -> Suite:
-    """Read and validate a suite file (``None``: the default suite).
+    """Read and validate a suite: a shipped suite's name (``"imagenet-c"``), a file, or ``None``
+    (the default suite, ``imgaug21``); see :func:`resolve_suite_path`.
 
     Every problem a user can make raises :class:`MambaBenchError` with a one-line message: a
     missing or invalid TOML file, unknown fields or augmenters, parameters imgaug rejects, an
-    augmenter that changes the image size, duplicate names.
+    augmenter that changes the image size, duplicate or reserved names.
     """
-    path = Path(path) if path is not None else default_suite_path()
+    given = path
+    path = resolve_suite_path(path)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise MambaBenchError(f"suite file {path} does not exist") from None
+        hint = ""
+        if isinstance(given, str) and os.sep not in given and "/" not in given:
+            hint = f" (and is not the name of a shipped suite: {', '.join(shipped_suites()) or 'none found'})"
+        raise MambaBenchError(f"suite file {path} does not exist{hint}") from None
     except OSError as exc:
         raise MambaBenchError(f"cannot read suite file {path} ({_one_line(exc.strerror or exc)})") from None
     try:
@@ -358,11 +489,18 @@ def load_suite(path: str | os.PathLike | None = None) -> Suite:
             raise MambaBenchError(f"suite file {path}: corruption {c.name!r} is defined twice")
         seen.add(c.name)
         parsed.append(c)
-    for c in parsed:
-        _check_builds(c, path)
     corruptions = {c.name: c for c in parsed if not c.is_clean}
     if not corruptions:
         raise MambaBenchError(f"suite file {path} defines no corruptions besides the clean reference")
+    clash = next((c for c in corruptions.values() if c.group in corruptions), None)
+    if clash is not None:
+        raise MambaBenchError(f"suite file {path}, corruption {clash.name!r}: group {clash.group!r} is also the "
+                              "name of a corruption; --corruptions could not tell them apart")
+    if not any(c.in_all for c in corruptions.values()):
+        raise MambaBenchError(f"suite file {path}: every corruption has in_all = false, so 'all' would "
+                              "select nothing; leave in_all out of at least one")
+    for c in parsed:
+        _check_builds(c, path)
     clean = next((c for c in parsed if c.is_clean), None) or Corruption(
         name=CLEAN, title="Original (clean)", augmenter="Identity", severity_free=True, severities=(0,),
         params=({},), role=CLEAN)
@@ -393,6 +531,9 @@ def apply_corruption(corruption: Corruption, severity: int, image: np.ndarray, *
 
     The result depends only on (seed, image_id, corruption name, severity, pixels): the augmenter is
     reseeded (itself and all its children, which imgaug's ``seed_`` covers) right before the image.
+    An ``imgcorruptlike`` augmenter (the ImageNet-C suite) then draws one seed from that RNG and runs
+    the ``imagecorruptions`` function with numpy's global RNG seeded by it (restored afterwards);
+    those calls hold a lock, so threads cannot interleave their draws.
     """
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         got = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
@@ -401,8 +542,28 @@ def apply_corruption(corruption: Corruption, severity: int, image: np.ndarray, *
         corruption._index(severity)
         return image.copy()
     aug = corruption.build(severity)
-    aug.seed_(corruption_seed(seed, image_id, corruption.name, severity))
-    out = aug.augment_image(np.ascontiguousarray(image))
+    if corruption.seeds_numpy_global_rng:
+        if min(image.shape[:2]) < 32:
+            raise MambaBenchError(f"corruption {corruption.name} ({corruption.augmenter}, from the imagecorruptions "
+                                  f"package) needs images of at least 32 x 32 px, got {image.shape[1]} x "
+                                  f"{image.shape[0]}; use larger images or another suite")
+        with _GLOBAL_NUMPY_RNG, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", RuntimeWarning)
+            aug.seed_(corruption_seed(seed, image_id, corruption.name, severity))
+            out = aug.augment_image(np.ascontiguousarray(image))
+        # imgaug casts imagecorruptions' float result to uint8: NaN there (spatter divides by the
+        # largest drop, 0 when none formed: seen on 32-px images) would become black pixels
+        if not any(issubclass(w.category, RuntimeWarning) and "invalid value encountered in cast" in str(w.message)
+                   for w in caught):
+            for w in caught:  # recorded only to look for that one: the others are passed on
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        else:
+            raise MambaBenchError(f"corruption {corruption.name} (severity {severity}) produced NaN pixels on image "
+                                  f"{image_id!r} ({image.shape[1]} x {image.shape[0]} px); the imagecorruptions "
+                                  "functions are made for 224-px images: use larger images")
+    else:
+        aug.seed_(corruption_seed(seed, image_id, corruption.name, severity))
+        out = aug.augment_image(np.ascontiguousarray(image))
     if not isinstance(out, np.ndarray) or out.shape != image.shape:
         shape = getattr(out, "shape", None)
         raise MambaBenchError(f"corruption {corruption.name} (severity {severity}) changes the image shape "
