@@ -160,3 +160,18 @@ def test_released_set_needs_its_clean_images(tmp_path):
     cfg.clean_data = str(other)
     with pytest.raises(MambaBenchError, match="lacks the clean image of 6 of the 6 images"):
         run_corrupt(cfg)
+
+
+def test_released_selection_all_extras_and_missing(tmp_path):
+    from mamba_bench.eval.corrupt import _released_cells
+
+    ds = open_dataset(str(_imagenet_c(tmp_path / "C", ("gaussian_noise", "fog", "spatter"), (1,))))
+    cfg = CorruptConfig(models=[], data="", out="", severities="all")
+    names = [c.name if c else "clean" for c, _ in _released_cells(ds, cfg, None)]
+    assert names == ["clean", "gaussian_noise", "fog"]  # 'all' is the 15 on disk; spatter is an extra
+    assert [c.name for c, _ in _released_cells(ds, cfg, ["all", "extras"])[1:]] == ["gaussian_noise", "fog", "spatter"]
+    with pytest.raises(MambaBenchError, match="holds no snow"):
+        _released_cells(ds, cfg, ["snow"])
+    cfg.severities = [1, 3]
+    with pytest.raises(MambaBenchError, match="holds no severity 3"):
+        _released_cells(ds, cfg, ["fog"])

@@ -455,7 +455,7 @@ def _names(corruptions: str | Sequence[str]) -> list[str] | None:
     """The corruption names asked for (comma-separated items split); None for ``all``."""
     items = [corruptions] if isinstance(corruptions, str) else list(corruptions)
     names = [n.strip() for item in items for n in str(item).split(",") if n.strip()]
-    return None if "all" in names else names
+    return None if names == ["all"] else names
 
 
 def _suite_cells(suite: Suite, cfg: CorruptConfig, names: list[str] | None) -> list[Cell]:
@@ -471,10 +471,13 @@ def _released_cells(ds: ImageSet, cfg: CorruptConfig, names: list[str] | None) -
 
     held = ds.released.cells
     order = RELEASED_SETS[ds.released.set_name]
-    if names is None:  # ImageNet-C's 15 (its 4 extras by name), every corruption of the others
-        names = [c for c in order[:15] if c in held]
-    else:
-        wanted = [n for n in names if n not in ("clean", "none")]
+    names = ["all"] if names is None else names
+    # 'all': ImageNet-C's 15 (its 4 extras by name or as 'extras', as in the imagenet-c suite), every
+    # corruption of the others
+    expanded = [c for n in names for c in ([c for c in order[:15] if c in held] if n == "all"
+                                           else order[15:] if n == "extras" else [n])]
+    if names:
+        wanted = [n for n in dict.fromkeys(expanded) if n not in ("clean", "none")]
         missing = [c for c in wanted if c not in held]
         if missing:
             raise MambaBenchError(f"{ds.root} ({ds.name}) holds no {', '.join(missing)}; it holds "
@@ -504,7 +507,8 @@ def _open_sets(cfg: CorruptConfig, suite: Suite) -> list[EvalSet]:
         clean = None
         mine = names
         if names is not None and len(opened) > 1:  # several sets: each takes the names it has
-            has = set(ds.released.cells) if ds.released is not None else set(suite.corruptions)
+            has = ({"all", "extras", *ds.released.cells} if ds.released is not None
+                   else {"all", *suite.corruptions, *suite.groups})
             mine = [n for n in names if n in has]
         if ds.released is not None:
             cells = _released_cells(ds, cfg, mine)
@@ -519,7 +523,8 @@ def _open_sets(cfg: CorruptConfig, suite: Suite) -> list[EvalSet]:
             cells = _suite_cells(suite, cfg, mine)
         sets.append(EvalSet(ds.name, ds, cells, clean=clean))
     if names is not None and len(opened) > 1:
-        known = set(suite.corruptions) | {c for ds in opened if ds.released is not None for c in ds.released.cells}
+        known = set(suite.corruptions) | set(suite.groups) | {"all", "extras"} | {
+            c for ds in opened if ds.released is not None for c in ds.released.cells}
         unknown = [n for n in names if n not in known | {"clean", "none"}]
         if unknown:
             raise MambaBenchError(f"no --data set has the corruption {unknown[0]!r}; valid: {', '.join(sorted(known))}")
