@@ -475,7 +475,7 @@ def _released_cells(ds: ImageSet, cfg: CorruptConfig, names: list[str] | None) -
     # 'all': ImageNet-C's 15 (its 4 extras by name or as 'extras', as in the imagenet-c suite), every
     # corruption of the others
     expanded = [c for n in names for c in ([c for c in order[:15] if c in held] if n == "all"
-                                           else order[15:] if n == "extras" else [n])]
+                                           else [c for c in order[15:] if c in held] if n == "extras" else [n])]
     if names:
         wanted = [n for n in dict.fromkeys(expanded) if n not in ("clean", "none")]
         missing = [c for c in wanted if c not in held]
