@@ -25,6 +25,8 @@ the kernel), and each direction's output is added at the position it came from (
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -264,6 +266,18 @@ def _layout(M: torch.Tensor, b: int):
     return M4, True, M4.shape[1], M4.stride(0), M4.stride(1)
 
 
+def _on(t: torch.Tensor):
+    """Launch on the tensors' GPU (Triton launches on the current device)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def _check_size(*ts: torch.Tensor) -> None:
+    for t in ts:
+        if t is not None and t.numel() >= 2**31:  # the kernels index with int32
+            raise ValueError(f"the triton kernels take tensors of fewer than 2^31 elements, got {tuple(t.shape)}: "
+                             "split the batch")
+
+
 def _group_blocks(dim: int, groups: int, block_d: int) -> tuple[int, int]:
     group_size = dim // groups
     block_d = min(block_d, triton.next_power_of_2(group_size))
@@ -290,12 +304,14 @@ class _TritonScan(torch.autograd.Function):
         chunks = torch.empty(b, dim, nchunks, n, device=u.device, dtype=torch.float32) if save else last
         A_ = A.contiguous().float()
         dummy = last
-        _scan_fwd[(groups * nblk, b)](
-            u_, dt_, A_, B4, C4, D.contiguous() if D is not None else dummy, z_ if z_ is not None else dummy,
-            delta_bias.contiguous() if delta_bias is not None else dummy, out, last, chunks,
-            dim, length, n, group_size, nblk, s_bb, s_bg, s_cb, s_cg,
-            VAR_B=var_b, VAR_C=var_c, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=bool(delta_softplus), SAVE=save, BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_T=block_t)
+        _check_size(u_, B4, C4, chunks)
+        with _on(u_):
+            _scan_fwd[(groups * nblk, b)](
+                u_, dt_, A_, B4, C4, D.contiguous() if D is not None else dummy, z_ if z_ is not None else dummy,
+                delta_bias.contiguous() if delta_bias is not None else dummy, out, last, chunks,
+                dim, length, n, group_size, nblk, s_bb, s_bg, s_cb, s_cg,
+                VAR_B=var_b, VAR_C=var_c, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+                SOFTPLUS=bool(delta_softplus), SAVE=save, BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_T=block_t)
         ctx.mark_non_differentiable(last)  # as in mamba-ssm: no gradient through the last state
         if save:
             ctx.save_for_backward(u_, dt_, A_, B4, C4, D, z_, delta_bias, chunks)
@@ -324,13 +340,14 @@ class _TritonScan(torch.autograd.Function):
         dbias = torch.empty(b, dim, **f32)
         dz = torch.empty(b, dim, length, **f32) if z is not None else dA
         dummy = dA
-        _scan_bwd[(groups * nblk, b)](
-            u, dt, A, B4, C4, D.contiguous() if D is not None else dummy, z if z is not None else dummy,
-            delta_bias.contiguous() if delta_bias is not None else dummy, gout.contiguous(), chunks,
-            du, ddt, dA, dB, dC, dD, dbias, dz,
-            dim, length, n, group_size, nblk, s_bb, s_bg, s_cb, s_cg,
-            VAR_B=var_b, VAR_C=var_c, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=ctx.delta_softplus, BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_T=block_t)
+        with _on(u):
+            _scan_bwd[(groups * nblk, b)](
+                u, dt, A, B4, C4, D.contiguous() if D is not None else dummy, z if z is not None else dummy,
+                delta_bias.contiguous() if delta_bias is not None else dummy, gout.contiguous(), chunks,
+                du, ddt, dA, dB, dC, dD, dbias, dz,
+                dim, length, n, group_size, nblk, s_bb, s_bg, s_cb, s_cg,
+                VAR_B=var_b, VAR_C=var_c, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+                SOFTPLUS=ctx.delta_softplus, BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_T=block_t)
         u_t, dt_t, a_t, b_t, c_t = ctx.dtypes
 
         def fold(part, var, ndim, dtype):  # per-program partials → the argument's shape
@@ -425,8 +442,10 @@ def ss2d_scan_triton(x: torch.Tensor, xdbl: torch.Tensor, dt_projs_weight: torch
     block_d = min(block_d, triton.next_power_of_2(d))
     x = x.contiguous()
     y = torch.empty(b, hh, ww, d, device=x.device, dtype=torch.float32)
-    _ss2d_fwd[(triton.cdiv(d, block_d), b)](
-        x, xdbl.contiguous(), dt_projs_weight.contiguous(), dt_projs_bias.reshape(-1).contiguous(),
-        A.contiguous().float(), D.reshape(-1).contiguous(), y, hh, ww, d, r, n,
-        BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_T=block_t)
+    _check_size(x, xdbl)
+    with _on(x):
+        _ss2d_fwd[(triton.cdiv(d, block_d), b)](
+            x, xdbl.contiguous(), dt_projs_weight.contiguous(), dt_projs_bias.reshape(-1).contiguous(),
+            A.contiguous().float(), D.reshape(-1).contiguous(), y, hh, ww, d, r, n,
+            BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_T=block_t)
     return y
