@@ -13,8 +13,9 @@ h_t = a_t h_{t-1} + b_t is a ``tl.associative_scan`` over the steps with the pai
 h_t = (Π_{s≤t} a_s) h_carry + scan(b)_t. Everything is fp32 in registers whatever the input dtype.
 The forward pass saves only the state at each chunk's start (b·dim·⌈L/BLOCK_T⌉·N floats) when a
 gradient is needed; the backward pass walks the chunks in reverse, recomputes the chunk's states
-from its saved start, and runs the adjoint recurrence g_t = C_t·∂y_t + a_{t+1} g_{t+1} as a reverse
-scan. a_t h_{t-1} is taken as h_t − Δ_t B_t u_t (what mamba-ssm's backward kernel does).
+from its saved start, and runs the adjoint recurrence g_t = C_t·∂y_t + a_{t+1} g_{t+1} as a forward scan
+over the chunk's steps loaded in reversed order (then flipped once). a_t h_{t-1} is taken as
+h_t − Δ_t B_t u_t (what mamba-ssm's backward kernel does).
 
 SS2D (VMamba), (b, H, W, d) channels-last map: one program per (batch item, block of channels)
 walks the four directions in turn (row-major, column-major, and both reversed) by computing each
@@ -200,15 +201,31 @@ def _scan_bwd(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, gout_p
             yfull = tl.sum(hs * Cx, axis=1) + Dv[:, None] * u
             tl.store(dz_ptr + offs, gy * yfull * sz * (1.0 + zv * (1.0 - sz)), mask=m2)
             gy = gy * zv * sz
-        # a_{t+1} (Δ of the next step), 1 past the end
-        t1 = t + 1
+        # The adjoint recurrence g_t = C_t·∂y_t + a_{t+1} g_{t+1} runs backwards in time: its inputs are
+        # loaded in reversed order (column j is step end − j), scanned forwards, and the result flipped
+        # once (tl.associative_scan's reverse=True is avoided: Triton issue #4362, wrong results with
+        # non-commutative combines on GPUs).
+        tr = ci * BLOCK_T + (BLOCK_T - 1 - ot)
+        mr = cmask[:, None] & (tr < L)[None, :]
+        offr = row[:, None] + tr[None, :]
+        gyr = tl.load(gout_ptr + offr, mask=mr, other=0.0).to(tl.float32)
+        if HAS_Z:
+            zr = tl.load(z_ptr + offr, mask=mr, other=0.0).to(tl.float32)
+            gyr = gyr * zr * _sigmoid(zr)
+        if VAR_C:
+            Cr = tl.load(C_ptr + bi * s_cb + g * s_cg + on[:, None] * L + tr[None, :],
+                         mask=nmask[:, None] & (tr < L)[None, :], other=0.0).to(tl.float32)
+            cgr = Cr[None, :, :] * gyr[:, None, :]
+        else:
+            cgr = Cc[:, :, None] * gyr[:, None, :]
+        t1 = tr + 1  # a_{t+1}: Δ of the next step, 1 past the end
         m1 = cmask[:, None] & (t1 < L)[None, :]
         dt1, _ = _delta_tile(dt_ptr, row[:, None] + t1[None, :], m1, bias, HAS_BIAS, SOFTPLUS)
         a1 = tl.exp(dt1[:, None, :] * A[:, :, None])
-        cg = Cx * gy[:, None, :]
-        ps, gs = tl.associative_scan((a1, cg), 2, _combine, reverse=True)
-        gs = ps * gcarry[:, :, None] + gs                                   # ∂L/∂h_t
-        gcarry = tl.sum(tl.where(ot[None, None, :] == 0, gs, 0.0), axis=2)
+        ps, gsr = tl.associative_scan((a1, cgr), 2, _combine)
+        gsr = ps * gcarry[:, :, None] + gsr                                 # ∂L/∂h, reversed order
+        gcarry = tl.sum(tl.where(ot[None, None, :] == BLOCK_T - 1, gsr, 0.0), axis=2)  # at the chunk's start
+        gs = tl.flip(gsr, 2)                                                # ∂L/∂h_t
         ax = hs - b                                                          # a_t h_{t-1}
         gdt = gs * dt[:, None, :]
         du = tl.sum(gdt * Bx, axis=1) + Dv[:, None] * gy
