@@ -24,6 +24,8 @@
 #             on 16 cores, CUDA_ARCH=90) and runs scripts/check_cuda_backend.py; the scan and models steps
 #             after it then time backend `cuda` too. Put it first: STEPS="install mamba check scan models"
 #   syncs     scripts/check_cuda_syncs.py: where the evaluation loop makes the host wait for the GPU
+#   tiny      bench pipeline for vmamba-t, swin-t, convnext-t, also from disk  → OUT/tiny/bench_corrupt.json
+#   compile   the same T models with --compile (not from disk)                 → OUT/compile/bench_corrupt.json
 set -uo pipefail
 REPO=$(pwd)
 OUT=${1:-${OUT:-/tmp/mb-gpu}}
@@ -98,6 +100,13 @@ if has pipeline; then
     cap 170 mb bench pipeline --device cuda --batch-size "$BATCH" --workers "$WORKERS" --images "$IMAGES" --no-from-disk \
         --model vmamba-b --model swin-b --model convnext-b --out "$OUT/pipeline" || log "bench pipeline: rc $?"
 fi
+for step in tiny compile; do
+    has $step || continue
+    extra=(); [[ $step == compile ]] && extra=(--compile --no-from-disk)
+    log "bench pipeline $step: vmamba-t swin-t convnext-t ${extra[*]}"
+    cap 0 mb bench pipeline --device cuda --batch-size "$BATCH" --workers "$WORKERS" --images "$IMAGES" "${extra[@]}" \
+        --out "$OUT/$step" || log "bench pipeline $step: rc $?"
+done
 if has syncs; then
     log "check_cuda_syncs"; cap 300 "$PY" scripts/check_cuda_syncs.py || log "check_cuda_syncs failed"
 fi

@@ -232,8 +232,8 @@ class SS2D(nn.Module):
         xdbl = F.linear(t, self.x_proj_weight.to(t.dtype).reshape(k * c, d)).view(b, h, w, k, c)
         y = ss2d_scan_triton(t, xdbl, self.dt_projs_weight, self.dt_projs_bias, -torch.exp(self.A_logs.float()),
                              self.Ds)                                                    # (b, H, W, d) fp32
-        y = self.out_norm.forward_last(y).to(x.dtype)
-        return self.out_proj(y.permute(0, 3, 1, 2))
+        y = self.out_norm(y.permute(0, 3, 1, 2)).to(x.dtype)  # module calls, as in forward: hooks see them
+        return self.out_proj(y)
 
 
     def project(self, xs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
