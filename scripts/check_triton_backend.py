@@ -3,7 +3,8 @@ the GPU, outputs and every gradient, d_state 1 and 16, fp32 and bf16 inputs, wit
 constant B; the fused SS2D kernel vs cross-scan → ref → cross-merge at VMamba-T's stage-1 map; VMamba-T's
 logits through the fused path vs the ``torch`` backend; and, when mamba-ssm is importable, ``cuda`` on
 the same cases. Also times SS2D's scan part at VMamba-T stage 1 (batch 128): the fused kernel against
-cross_scan + the triton scan + cross_merge (CUDA events, best of 10 after a warm-up).
+cross_scan + the triton scan + cross_merge (CUDA events, best of 10 after a warm-up), and the fused
+kernel's tile sizes.
 
     python scripts/check_triton_backend.py [OUT_DIR]      # writes OUT_DIR/check_triton.json
 
@@ -169,6 +170,13 @@ with torch.no_grad():
     for backend in backends:
         report["timing"][f"cross_scan_{backend}_scan_cross_merge_ms"] = best_ms(lambda be=backend: unfused(be))
     print("SS2D scan part at VMamba-T stage 1, batch 128 (best of 10, ms):", report["timing"], flush=True)
+    if not SMOKE:  # tiles of the fused kernel (BLOCK_D channels × BLOCK_T steps), for tuning its default
+        t = x.permute(0, 2, 3, 1)
+        xdbl = torch.nn.functional.linear(t, xw.reshape(4 * (r + 2 * n), d)).view(b, h, w, 4, r + 2 * n)
+        report["timing"]["fused_ss2d_tiles_ms"] = {
+            f"{bd}x{bt}": best_ms(lambda bd=bd, bt=bt: ss2d_scan_triton(t, xdbl, dtw, dtb, A, D, (bd, 1, bt)), 5)
+            for bd in (16, 32, 64) for bt in (16, 32, 64)}
+        print("fused SS2D tiles (BLOCK_D x BLOCK_T, ms):", report["timing"]["fused_ss2d_tiles_ms"], flush=True)
     yf = fused().permute(0, 3, 1, 2).reshape(b, d, h * w)
     report["timing"]["fused_vs_unfused_triton_rel_error"] = rel(yf, unfused("triton"))
 
