@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 # the suite on every core (one worker per core, whole files per worker so module fixtures run once)
 TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 1)
 
-.PHONY: setup demo test bench lint clean report-ci baseline browser gpu-prep
+.PHONY: setup demo test bench lint clean report-ci baseline browser gpu-prep gpu-prep-mamba-ssm
 
 setup: $(STAMP)
 
@@ -57,8 +57,9 @@ baseline: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/mamba-bench bench corrupt --out runs/bench
 
-# What scripts/gpu_check.sh needs on a CUDA machine with no package index (wheels for Python 3.12
-# x86-64 and mamba-ssm's sdist), into .gpu/ (git-ignored): see that script.
+# What scripts/gpu_check.sh needs on a CUDA machine with no package index: wheels for Python 3.12 x86-64
+# of what such an image lacks for `bench pipeline` (imaug, its corruption data, shapely), into .gpu/
+# (git-ignored, ~6 MB). Nothing to build: the selective scan runs on Triton there.
 GPU_PY ?= 3.12
 MAMBA_SSM ?= 2.3.2.post1
 gpu-prep:
@@ -66,9 +67,15 @@ gpu-prep:
 	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version $(GPU_PY) --implementation cp \
 	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 	  -d .gpu imaug==0.4.3 imagecorruptions-imaug==1.1.5 shapely==2.2.0
-	$(PY) -c "import json, sys, urllib.request; f = [u for u in json.load(urllib.request.urlopen( \
-	  'https://pypi.org/pypi/mamba-ssm/json', timeout=60))['releases']['$(MAMBA_SSM)'] if u['packagetype'] == 'sdist'][0]; \
-	  urllib.request.urlretrieve(f['url'], '.gpu/' + f['filename']); print('.gpu/' + f['filename'])"
+	ls -la .gpu
+
+# Optional: mamba-ssm's sdist into .gpu/, for gpu_check.sh's `mamba` step (builds its selective-scan kernel
+# there, ~2.5 min, to time the `cuda` backend beside `triton`). Its setup.py imports torch: the venv's, no
+# build isolation, no CUDA build here.
+gpu-prep-mamba-ssm: $(STAMP)
+	mkdir -p .gpu
+	MAMBA_SKIP_CUDA_BUILD=TRUE $(BIN)/python -m pip download --quiet --no-deps --no-binary :all: \
+	  --no-build-isolation -d .gpu mamba-ssm==$(MAMBA_SSM)
 	ls -la .gpu
 
 lint: $(STAMP)

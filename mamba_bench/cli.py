@@ -278,30 +278,36 @@ def _duration(minutes: float) -> str:
 
 @bench_app.command("scan")
 def bench_scan_cmd(
-    backend: Annotated[list[str] | None, typer.Option(help="Backends to time (default: auto's CPU pick and ref).")]
-    = None,
+    backend: Annotated[list[str] | None, typer.Option(help="Backends to time (default: auto's CPU pick and ref; "
+                                                           "on --device cuda every available one).")] = None,
     d_state: Annotated[list[int] | None, typer.Option(help="State sizes (default 1 and 16).")] = None,
     threads: Annotated[int, typer.Option(help="CPU threads.")] = 2,
     length: Annotated[int, typer.Option(help="Sequence length (VMamba-T stage 1: 3136).")] = 3136,
     backward: Annotated[bool, typer.Option(help="Also time forward+backward (the reference loop's backward "
                                                 "at d_state 16 takes tens of minutes on 2 cores).")] = True,
     out: Annotated[Path, typer.Option(help="Where bench_scan.json goes.")] = Path("runs/bench"),
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto (CUDA: triton, cuda if mamba-ssm is installed, "
+                                             "torch, ref).")] = "cpu",
     fmt: FormatOpt = "table",
 ) -> None:
     """Selective scan at VMamba-T's stage-1 shape: time, peak memory and error vs the reference loop."""
-    from mamba_bench.eval.bench_ssm import STAGE1, bench_scan
+    from mamba_bench.eval.bench_ssm import STAGE1, bench_scan, check_bench_backends
+    from mamba_bench.eval.corrupt import resolve_device
     from mamba_bench.ops.selective_scan import available_backends
 
     _check_format(fmt)
     _bench_sizes(threads=threads, length=length, d_state=min(d_state or [1]))
-    backends = backend or [available_backends("cpu")[0], "ref"]
+    dev = resolve_device(device)
+    default = available_backends(dev) if dev.type == "cuda" else [available_backends("cpu")[0], "ref"]
+    backends = check_bench_backends(backend or default, dev)
     res = bench_scan(backends=backends, d_states=d_state or [1, 16], threads=threads, out=out,
-                     shape={**STAGE1, "length": length}, backward=(False, True) if backward else (False,))
+                     shape={**STAGE1, "length": length}, backward=(False, True) if backward else (False,),
+                     device=str(dev))
     if fmt == "json":
         print(json.dumps(res, indent=2))
         return
     table = Table(title=f"selective scan, batch {res['shape']['batch']}, {res['shape']['dim']} channels, "
-                        f"L {res['shape']['length']}, fp32, {threads} threads")
+                        f"L {res['shape']['length']}, fp32, {res['device']}, {threads} threads")
     for c in ("backend", "d_state", "pass", "seconds (best)", "runs", "× vs ref", "peak MB", "max rel. error"):
         table.add_column(c, justify="right")
     for r in res["rows"]:
@@ -320,6 +326,11 @@ def bench_models_cmd(
     repeats: Annotated[int, typer.Option(help="Timed rounds over all models (best and median reported).")] = 5,
     device: DeviceOpt = "auto",
     amp: Annotated[bool, typer.Option(help="bf16 autocast on CUDA (--no-amp: fp32, as the official tables).")] = True,
+    precision: Annotated[list[str] | None, typer.Option(help="fp32 and/or bf16 (CUDA autocast), repeat to time "
+                                                             "both in one run (overrides --amp).")] = None,
+    scan_backend: Annotated[list[str] | None, typer.Option(help="Selective-scan backends of the Mamba models "
+                                                                "(auto, triton, cuda, torch, ...), repeat for "
+                                                                "side-by-side rows (default auto).")] = None,
     out: Annotated[Path, typer.Option(help="Where bench_models.json goes.")] = Path("runs/bench"),
     fmt: FormatOpt = "table",
 ) -> None:
@@ -329,16 +340,16 @@ def bench_models_cmd(
     _check_format(fmt)
     _bench_sizes(batch_size=batch_size, threads=threads, repeats=repeats)
     res = bench_models(models=model or ["vmamba-t", "swin-t", "convnext-t"], batch=batch_size, threads=threads,
-                       repeats=repeats, device=device, amp=amp, out=out)
+                       repeats=repeats, device=device, amp=amp, out=out, backends=scan_backend, precisions=precision)
     if fmt == "json":
         print(json.dumps(res, indent=2))
         return
     table = Table(title=f"throughput, batch {batch_size}, {res['device']}, {res['precision']}, {threads} threads")
-    for c in ("model", "params (M)", "images/s (best round)", "images/s (median round)"):
+    for c in ("model", "scan backend", "precision", "params (M)", "images/s (best round)", "images/s (median round)"):
         table.add_column(c, justify="right")
     for r in res["rows"]:
-        table.add_row(r["model"], f"{r['params_m']:.1f}", f"{r['images_per_second']:.2f}",
-                      f"{r['images_per_second_median']:.2f}")
+        table.add_row(r["model"], r["scan_backend"] or "—", r["precision"], f"{r['params_m']:.1f}",
+                      f"{r['images_per_second']:.2f}", f"{r['images_per_second_median']:.2f}")
     out_console.print(table)
 
 

@@ -59,8 +59,8 @@ def test_retained_graph_can_be_walked_twice(backend):
 def test_extreme_delta_stays_finite(backend, dt_scale, n):
     u, delta, A, B, C, D, bias = _inputs(n=n, groups=1, length=300, dt_scale=dt_scale)
     delta = delta.abs() * dt_scale + (20.0 if dt_scale > 1 else 0.0)
-    ref = selective_scan_ref(u, delta, A * 30, B, C, D, None, False)
-    out = selective_scan(u, delta, A * 30, B, C, D, None, False, backend=backend)
+    ref = selective_scan_ref(u, delta, A * 30, B, C, D)
+    out = selective_scan(u, delta, A * 30, B, C, D, backend=backend)
     assert torch.isfinite(ref).all() and torch.isfinite(out).all()
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-3)
 
@@ -69,7 +69,7 @@ def test_extreme_delta_stays_finite(backend, dt_scale, n):
 def test_long_sequence_no_overflow(backend):
     """Cumulative-sum formulations overflow here (Σ ΔA over thousands of steps); a true scan does not."""
     u, delta, A, B, C, D, bias = _inputs(b=1, d=4, n=16, groups=1, length=3136)
-    out = selective_scan(u, delta.abs() + 1.0, A * 10, B, C, D, None, True, backend=backend)
+    out = selective_scan(u, delta.abs() + 1.0, A * 10, B, C, D, delta_softplus=True, backend=backend)
     assert torch.isfinite(out).all()
 
 
@@ -85,14 +85,14 @@ def test_bf16_inputs(backend):
 def test_three_dim_B_C_shared_by_all_channels():
     u, delta, A, B, C, D, bias = _inputs(n=4, groups=1)
     for backend in CPU_BACKENDS:
-        a = selective_scan(u, delta, A, B[:, 0], C[:, 0], D, bias, True, backend=backend)
-        b = selective_scan(u, delta, A, B, C, D, bias, True, backend=backend)
+        a = selective_scan(u, delta, A, B[:, 0], C[:, 0], D, delta_bias=bias, delta_softplus=True, backend=backend)
+        b = selective_scan(u, delta, A, B, C, D, delta_bias=bias, delta_softplus=True, backend=backend)
         torch.testing.assert_close(a, b)
 
 
 def test_unknown_backend():
     u, delta, A, B, C, D, bias = _inputs()
-    with pytest.raises(ValueError, match="valid: auto, cuda, cpu, torch, ref"):
+    with pytest.raises(ValueError, match="valid: auto, triton, cuda, cpu, torch, ref"):
         selective_scan(u, delta, A, B, C, backend="fast")
     with pytest.raises(RuntimeError, match="mamba-ssm"):
         selective_scan(u, delta, A, B, C, backend="cuda")
@@ -130,7 +130,8 @@ def test_fused_ss2d_equals_cross_scan_then_reference(n, h, w, d, width, r):
     dbl = torch.einsum("kcd,bkdl->bkcl", xw, xs)
     dts, Bs, Cs = torch.split(dbl, [r, n, n], dim=2)
     delta = torch.einsum("kdr,bkrl->bkdl", dtw, dts).reshape(b, 4 * d, h * w)
-    ys = selective_scan_ref(xs.reshape(b, 4 * d, h * w), delta, A, Bs, Cs, D, dtb.reshape(-1), True)
+    ys = selective_scan_ref(xs.reshape(b, 4 * d, h * w), delta, A, Bs, Cs, D, delta_bias=dtb.reshape(-1),
+                            delta_softplus=True)
     expected = cross_merge(ys.view(b, 4, d, h * w), h, w)
     with torch.no_grad():
         out = ss2d_scan_cpu(x.permute(0, 2, 3, 1), xw, dtw, dtb, A, D, width)  # channels-last in and out

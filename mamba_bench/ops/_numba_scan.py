@@ -97,11 +97,12 @@ def _softplus(z):  # pragma: no cover - compiled
 
 
 @numba.njit(parallel=True, cache=True, **_JIT)
-def _fwd(u, delta, A, Bt, Ct, D, bias, softplus, group_size, y, hs, save):  # pragma: no cover - compiled
+def _fwd(u, delta, A, Bt, Ct, D, bias, softplus, group_size, y, hs, save, last):  # pragma: no cover - compiled
     # Δ-bias and softplus are fused in for inference (torch's softplus alone costs 3x the recurrence);
     # the autograd path passes them as zeros / False and saves the states for the backward pass.
     # Per (batch, channel) and chunk of steps: Δ, then exp(Δ·A) for every state (vectorised over
-    # steps), then the sequential recurrence, which is only multiply-adds.
+    # steps), then the sequential recurrence, which is only multiply-adds. ``last`` (b, d, n): the
+    # state after the last step (mamba-ssm's return_last_state).
     nb, nd, length = u.shape
     n = A.shape[1]
     for job in prange(nb * nd):
@@ -150,10 +151,13 @@ def _fwd(u, delta, A, Bt, Ct, D, bias, softplus, group_size, y, hs, save):  # pr
                     if save:
                         hs[bi, di, t, k] = hk
                 yrow[t] = acc + d_skip * ut
+        for k in range(n):
+            last[bi, di, k] = h[k]
 
 
-def selective_scan_numba_infer(u, delta, A, B, C, D, delta_bias, delta_softplus: bool) -> torch.Tensor:
-    """No-grad path: raw Δ in, bias and softplus applied inside the kernel."""
+def selective_scan_numba_infer(u, delta, A, B, C, D, delta_bias, delta_softplus: bool
+                               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """No-grad path: raw Δ in, bias and softplus applied inside the kernel. Returns (y, last state)."""
     if B.dim() == 3:
         B, C = B[:, None], C[:, None]
     b, d, length = u.shape
@@ -161,10 +165,11 @@ def selective_scan_numba_infer(u, delta, A, B, C, D, delta_bias, delta_softplus:
     _threads()
     zeros = torch.zeros(d, dtype=torch.float32)
     y = _touched((b, d, length))
+    last = np.empty((b, d, A.shape[1]), np.float32)
     _fwd(_np(u), _np(delta), _np(A), _np(B.transpose(2, 3)), _np(C.transpose(2, 3)),
          _np(D if D is not None else zeros), _np(delta_bias if delta_bias is not None else zeros),
-         bool(delta_softplus), d // g, y, np.empty((1, 1, 1, 1), np.float32), False)
-    return torch.from_numpy(y)
+         bool(delta_softplus), d // g, y, np.empty((1, 1, 1, 1), np.float32), False, last)
+    return torch.from_numpy(y), torch.from_numpy(last)
 
 
 SS2D_STATE_FLOATS = 4096               # a job's channel block keeps at most this many state floats (16 KB, in L1)
@@ -372,13 +377,16 @@ class _NumbaScan(torch.autograd.Function):
         y = _touched((b, d, length))
         hs = _touched((b, d, length, n) if save else (1, 1, 1, 1))
         u_, delta_, A_, Bt, Ct, D_ = arrays
-        _fwd(u_, delta_, A_, Bt, Ct, D_, np.zeros(d, np.float32), False, d // g, y, hs, save)
+        last = np.empty((b, d, n), np.float32)
+        _fwd(u_, delta_, A_, Bt, Ct, D_, np.zeros(d, np.float32), False, d // g, y, hs, save, last)
         if save:
             ctx.arrays, ctx.hs, ctx.g = arrays, hs, g
-        return torch.from_numpy(y)
+        last = torch.from_numpy(last)
+        ctx.mark_non_differentiable(last)  # as in mamba-ssm: no gradient through the last state
+        return torch.from_numpy(y), last
 
     @staticmethod
-    def backward(ctx, gy):
+    def backward(ctx, gy, _glast):
         u, delta, A, Bt, Ct, D = ctx.arrays
         b, d, length = u.shape
         n, g = A.shape[1], ctx.g
@@ -399,8 +407,9 @@ class _NumbaScan(torch.autograd.Function):
 
 
 def selective_scan_numba(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-                         D: torch.Tensor | None) -> torch.Tensor:
-    """fp32 inputs with Δ already biased and soft-plussed; B, C (b, G, N, L) or (b, N, L). Differentiable."""
+                         D: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 inputs with Δ already biased and soft-plussed; B, C (b, G, N, L) or (b, N, L). Differentiable
+    in y; returns (y, last state)."""
     if B.dim() == 3:
         B, C = B[:, None], C[:, None]
     if D is None:

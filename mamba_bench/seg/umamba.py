@@ -10,8 +10,9 @@
 * decoder: transposed conv ×2, concatenation with the skip, a residual block; a 1x1 head per
   decoder level (deep supervision: the coarser heads are only used for the training loss).
 
-The selective scan is the project's (``mamba_bench.ops``): numba on CPU, mamba-ssm on GPU when
-installed. Sizes are set by ``width`` (channels of the first stage, doubled per stage up to 8x).
+The selective scan is the project's (``mamba_bench.ops``): numba on CPU, Triton on GPU (mamba-ssm's
+kernel with backend ``cuda``), the same ``auto`` choice as VMamba's. Sizes are set by ``width``
+(channels of the first stage, doubled per stage up to 8x).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class Mamba(nn.Module):
         self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(d_inner, 1))
         self.D = nn.Parameter(torch.ones(d_inner))
         self.out_proj = nn.Linear(d_inner, dim, bias=False)
+        self.scan_backend = "auto"  # the selective-scan backend (mamba_bench.ops.selective_scan)
         with torch.no_grad():  # Mamba's Δ initialisation: softplus⁻¹ of a log-uniform Δ in [1e-3, 0.1]
             nn.init.uniform_(self.dt_proj.weight, -(dt_rank ** -0.5), dt_rank ** -0.5)
             dt = torch.exp(torch.rand(d_inner) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)).clamp(min=1e-4)
@@ -72,10 +74,10 @@ class Mamba(nn.Module):
         dbl = self.x_proj(xi.transpose(1, 2))                                  # (b, L, r + 2n)
         dt, B, C = torch.split(dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)                    # (b, d_inner, L), bias in the scan
+        # gated in the scan, y·silu(z), as mamba-ssm's Mamba module calls selective_scan_fn
         y = selective_scan(xi, dt, -torch.exp(self.A_log.float()), B.transpose(1, 2).contiguous(),
-                           C.transpose(1, 2).contiguous(), self.D.float(), self.dt_proj.bias.float(),
-                           delta_softplus=True)
-        y = y * F.silu(z)
+                           C.transpose(1, 2).contiguous(), self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(),
+                           delta_softplus=True, backend=self.scan_backend)
         return self.out_proj(y.transpose(1, 2))
 
 
