@@ -121,3 +121,94 @@ def print_models(specs, fmt: str) -> None:
         for r in rows:
             table.add_row(r["name"], r["family"], r["description"], r["timm_name"] or "")
         out_console.print(table)
+
+
+def print_suite(s, fmt: str) -> None:
+    """A corruption suite's entries (name, augmenter, severities, group)."""
+    rows = [{"name": c.name, "title": c.title, "augmenter": c.augmenter, "severities": list(c.severities),
+             "group": c.group, "in_all": c.in_all} for c in s.corruptions.values()]
+
+    def group(r: dict) -> str:
+        return " ".join(filter(None, [r["group"], "" if r["in_all"] else "(not in 'all')"]))
+
+    if fmt == "json":
+        print(json.dumps({"suite": s.name, "path": str(s.path), "corruptions": rows}, indent=2))
+        return
+    if fmt == "markdown":
+        print("| name | title | augmenter | severities | group |\n|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['name']} | {r['title']} | {r['augmenter']} | {','.join(map(str, r['severities']))} "
+                  f"| {group(r)} |")
+        return
+    table = Table(title=f"suite {s.name} ({s.path}) — plus 'clean', always measured")
+    for c in ("name", "title", "augmenter", "severities", "group"):
+        table.add_column(c)
+    for r in rows:
+        table.add_row(r["name"], r["title"], r["augmenter"], ",".join(map(str, r["severities"])), group(r))
+    out_console.print(table)
+
+
+def print_bench_corrupt(res: dict, severity: int, fmt: str) -> None:
+    """bench corrupt: ms per image per corruption, then the pipeline's ratio."""
+    if fmt == "json":
+        print(json.dumps(res, indent=2))
+        return
+    table = Table(title=f"{res['suite']['name']}: corruption cost at 224 px, severity {severity} "
+                        "(ms / image, 1 process)")
+    table.add_column("corruption")
+    table.add_column("ms/img", justify="right")
+    for name, ms in res["ms_per_image"].items():
+        table.add_row(name, f"{ms:.2f}")
+    out_console.print(table)
+    p = res["pipeline"]
+    out_console.print(
+        f"pipeline: {p['models']} on {p['cells']} cells × {p['images']} images, {p['workers']} workers\n"
+        f"  model-only img/s: " + ", ".join(f"{k} {v:.1f}" for k, v in p["model_only_ips"].items()) +
+        f"\n  all models on one clean batch (model-only, combined): {p['model_only_combined_ips']:.2f} img/s\n"
+        f"  end-to-end (corrupt once, feed every model): {p['end_to_end_ips']:.2f} img/s\n"
+        f"  ratio end-to-end / model-only: {p['ratio']:.3f}")
+
+
+def print_bench_pipeline(res: dict, batch_size: int, compile: bool, from_disk: bool, device: str) -> None:
+    """bench pipeline: end-to-end vs model-only, where the time goes, the projected study."""
+    p = res["pipeline"]
+    corrupt_ms = sum(res["ms_per_image"].values()) / len(res["ms_per_image"])
+    model_ms = 1000.0 / p["model_only_combined_ips"]
+    out_console.print(
+        f"pipeline on {p.get('device', device)}: {', '.join(p['models'])}; {p['cells']} cells × {p['images']} images, "
+        f"batch {batch_size}, {p['workers']} corruption workers" + (", torch.compile" if compile else "") + "\n"
+        "  model-only img/s: " + ", ".join(f"{k} {v:.1f}" for k, v in p["model_only_ips"].items()) +
+        f"\n  all models, model-only: {p['model_only_combined_ips']:.2f} img/s; end-to-end: "
+        f"{p['end_to_end_ips']:.2f} img/s; ratio {p['ratio']:.3f}\n"
+        + (f"  from a materialized set (PNG reads instead of corrupting): {p['from_disk_ips']:.2f} img/s; "
+           f"ratio {p['from_disk_ratio']:.3f}\n" if from_disk else "")
+        + f"  where the time goes, per image: corrupting {corrupt_ms:.2f} ms on one core (mean over the suite) "
+        f"vs {model_ms:.2f} ms for all models; the input pipeline alone (workers corrupting, no model) hands "
+        f"over {p['input_pipeline_ips']:.1f} img/s, {p['input_pipeline_ips'] / p['model_only_combined_ips']:.2f}× "
+        "what the models take")
+    study = p["projected_study"]
+    out_console.print(
+        "  projected wall time of the report's study (15 images × 1000 classes through every model at this "
+        f"end-to-end rate): {_duration(study['minutes_one_severity'])} for its {study['cells_one_severity']} "
+        f"transformations at one severity, {_duration(study['minutes_all_severities'])} with all severities "
+        f"({study['cells_all_severities']} cells)")
+
+
+def _duration(minutes: float) -> str:
+    return f"{minutes:.1f} min" if minutes < 120 else f"{minutes / 60:.1f} h"
+
+
+def print_bench_scan(res: dict, threads: int, fmt: str) -> None:
+    """bench scan: time, peak memory and error of each backend vs the reference loop."""
+    if fmt == "json":
+        print(json.dumps(res, indent=2))
+        return
+    table = Table(title=f"selective scan, batch {res['shape']['batch']}, {res['shape']['dim']} channels, "
+                        f"L {res['shape']['length']}, fp32, {res['device']}, {threads} threads")
+    for c in ("backend", "d_state", "pass", "seconds (best)", "runs", "× vs ref", "peak MB", "max rel. error"):
+        table.add_column(c, justify="right")
+    for r in res["rows"]:
+        table.add_row(r["backend"], str(r["d_state"]), r["pass"], f"{r['seconds']:.3f}", str(r["runs"]),
+                      f"{r['speedup_vs_ref']:.1f}" if r.get("speedup_vs_ref") else "—", f"{r['peak_mb']:.0f}",
+                      f"{r['max_rel_error_vs_ref']:.1e}" if "max_rel_error_vs_ref" in r else "—")
+    out_console.print(table)
