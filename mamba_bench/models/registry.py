@@ -42,6 +42,9 @@ class ModelSpec:
     weights_url: str | None = None
     weights_file: str | None = None
     timm_name: str | None = None
+    #: ``diagnose(state_dict, wanted_name) -> str | None``: a sentence naming the config of a checkpoint
+    #: of this family that does not fit ``wanted_name`` (None: not this family's, or the right config)
+    diagnose: Callable[[dict, str], str | None] | None = field(default=None, repr=False, compare=False)
 
     def build(self, num_classes: int | None = None) -> nn.Module:
         return self.builder(self.num_classes if num_classes is None else num_classes)
@@ -112,6 +115,7 @@ _TIMM_ALIASES = {
     "convnext-t": ("convnext_tiny.fb_in1k", "ConvNeXt-T (29M), ImageNet-1k"),
     "convnext-s": ("convnext_small.fb_in1k", "ConvNeXt-S (50M), ImageNet-1k"),
     "convnext-b": ("convnext_base.fb_in1k", "ConvNeXt-B (89M), ImageNet-1k"),
+    "deit-s": ("deit_small_patch16_224.fb_in1k", "DeiT-S (22M), ImageNet-1k"),
 }
 
 
@@ -156,6 +160,12 @@ def _vmamba_builder(cfg) -> Callable[[int], nn.Module]:
     return build
 
 
+def _vmamba_diagnose(state: dict, wanted: str) -> str | None:
+    from mamba_bench.models.vmamba import diagnose_checkpoint
+
+    return diagnose_checkpoint(state, wanted)
+
+
 def _register_vmamba() -> None:
     from mamba_bench.models.vmamba import VMAMBA_VARIANTS
 
@@ -166,7 +176,7 @@ def _register_vmamba() -> None:
                 + ("; for 64 px embedded data" if nano else "") + ("" if url or nano else "; no public release"))
         register(ModelSpec(name, _vmamba_builder(cfg), desc, "vmamba", num_classes=10 if nano else 1000,
                            input_size=64 if nano else 224, crop_pct=1.0 if nano else 0.875, weights_url=url,
-                           weights_file=url.rsplit("/", 1)[-1] if url else None))
+                           weights_file=url.rsplit("/", 1)[-1] if url else None, diagnose=_vmamba_diagnose))
 
 
 _register_vmamba()

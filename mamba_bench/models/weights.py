@@ -210,6 +210,22 @@ def _timm_filter(model: torch.nn.Module, state: dict, spec: ModelSpec | None) ->
         return state
 
 
+def diagnose_checkpoint(state: dict[str, torch.Tensor], spec: ModelSpec) -> str | None:
+    """What a non-fitting checkpoint is, asked of the spec's own family first, then of every other
+    registered family (a Vim checkpoint passed for vmamba-t is named as such)."""
+    from mamba_bench.models.registry import registered_models
+
+    asked = []
+    for fn in [spec.diagnose, *(s.diagnose for s in registered_models().values())]:
+        if fn is None or fn in asked:
+            continue
+        asked.append(fn)
+        hint = fn(state, spec.name)
+        if hint:
+            return hint
+    return None
+
+
 def load_weights_into(model: torch.nn.Module, ref: str, spec: ModelSpec | None = None, *,
                       cache_dir: str | None = None) -> Path:
     """Resolve ``ref``, read it safely, adapt foreign layouts once, and load strictly."""
@@ -222,12 +238,9 @@ def load_weights_into(model: torch.nn.Module, ref: str, spec: ModelSpec | None =
     try:
         check_fit(model, state, spec.name if spec else type(model).__name__)
     except CheckpointError as exc:
-        if spec is not None and spec.family == "vmamba":
-            from mamba_bench.models.vmamba import diagnose_checkpoint
-
-            hint = diagnose_checkpoint(state, spec.name)
-            if hint:
-                raise CheckpointError(f"{path.name} does not fit {spec.name}: {hint}") from None
+        hint = diagnose_checkpoint(state, spec) if spec is not None else None
+        if hint:
+            raise CheckpointError(f"{path.name} does not fit {spec.name}: {hint}") from None
         raise exc
     model.load_state_dict(state, strict=True)
     return path
