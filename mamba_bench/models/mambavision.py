@@ -42,7 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mamba_bench.models.family import DropPath, pretrained_cfg
+from mamba_bench.models.family import DropPath, depthwise_conv1d, pretrained_cfg
 from mamba_bench.models.internals import SSMBlock
 from mamba_bench.models.registry import ModelSpec, get_spec, register
 from mamba_bench.ops.selective_scan import selective_scan
@@ -193,10 +193,11 @@ class MambaVisionMixer(nn.Module):
         rec = self._recorder
         xz = self.in_proj(h).transpose(1, 2)                                        # (bn, D, L)
         x, z = self._route("in", xz[:, :half], layout), xz[:, half:]
-        x = self._route("conv", F.conv1d(x, self.conv1d_x.weight, self.conv1d_x.bias, padding="same", groups=half),
+        k = self.conv1d_x.kernel_size[0] - 1  # 'same' padding, as the official F.conv1d(padding='same')
+        x = self._route("conv", depthwise_conv1d(x, self.conv1d_x.weight, self.conv1d_x.bias, k // 2, k - k // 2),
                         layout)
         x = self._route("x", F.silu(x), layout)
-        z = F.silu(F.conv1d(z, self.conv1d_z.weight, self.conv1d_z.bias, padding="same", groups=half))
+        z = F.silu(depthwise_conv1d(z, self.conv1d_z.weight, self.conv1d_z.bias, k // 2, k - k // 2))
         x_dbl = torch.matmul(self.x_proj.weight.to(x.dtype), x)                      # (bn, r + 2n, L)
         dt = F.linear(x_dbl[:, :r].transpose(1, 2), self.dt_proj.weight, self.dt_proj.bias).transpose(1, 2)
         B, C = x_dbl[:, r:r + n].contiguous(), x_dbl[:, r + n:].contiguous()
@@ -430,7 +431,7 @@ def _builder(name: str, cfg: MambaVisionConfig):
 
 
 def _register() -> None:
-    for name, (official, cfg, url, crop, top1, _) in MAMBAVISION_VARIANTS.items():
+    for name, (official, cfg, url, crop, top1, timm_name) in MAMBAVISION_VARIANTS.items():
         nano = name.endswith("-nano")
         desc = (f"MambaVision {official.removeprefix('mamba_vision_')}: depths {list(cfg.depths)}, dim {cfg.dim}"
                 + (f"; {top1} % ImageNet-1k top-1 (official)" if top1 else "; for 64 px embedded data"))
@@ -438,7 +439,8 @@ def _register() -> None:
             desc = f"MambaVision (mamba-bench nano): depths {list(cfg.depths)}, dim {cfg.dim}; for 64 px embedded data"
         register(ModelSpec(name, _builder(name, cfg), desc, "mambavision", num_classes=10 if nano else 1000,
                            input_size=64 if nano else 224, crop_pct=crop, interpolation="bicubic", weights_url=url,
-                           weights_file=url.rsplit("/", 1)[-1] if url else None, diagnose=diagnose_checkpoint))
+                           weights_file=url.rsplit("/", 1)[-1] if url else None, timm_name=timm_name,
+                           diagnose=diagnose_checkpoint))
 
 
 def infer_config(state: dict[str, torch.Tensor]) -> tuple | None:

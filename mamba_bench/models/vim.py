@@ -42,7 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mamba_bench.models.family import DropPath, pretrained_cfg
+from mamba_bench.models.family import DropPath, depthwise_conv1d, pretrained_cfg
 from mamba_bench.models.internals import SSMBlock
 from mamba_bench.models.registry import ModelSpec, get_spec, register
 from mamba_bench.ops.selective_scan import selective_scan
@@ -175,8 +175,9 @@ class BiMamba(nn.Module):
         rec = self._recorder
         xz = F.linear(h, self.in_proj.weight).transpose(1, 2)                       # (b, 2·di, L)
         x, z = self._route("in", xz[:, :di], layout), self._route("z", xz[:, di:], layout)
-        cf = self.conv1d(x)[..., :length]
-        cb = self.conv1d_b(x.flip(-1))[..., :length]                                # backward scan order
+        k = self.conv1d.kernel_size[0] - 1  # causal: the official conv pads k - 1 on both sides and keeps the first L
+        cf = depthwise_conv1d(x, self.conv1d.weight, self.conv1d.bias, k, 0)
+        cb = depthwise_conv1d(x.flip(-1), self.conv1d_b.weight, self.conv1d_b.bias, k, 0)  # backward scan order
         if rec is not None and (rec.wants("conv") or rec.wants("x")):  # both branches in token order
             c = self._route("conv", torch.cat([cf, cb.flip(-1)], 1), layout)
             u = self._route("x", F.silu(c), layout)
@@ -359,7 +360,7 @@ def _builder(name: str, cfg: VimConfig):
 
 
 def _register() -> None:
-    for name, (official, cfg, url, top1, _) in VIM_VARIANTS.items():
+    for name, (official, cfg, url, top1, timm_name) in VIM_VARIANTS.items():
         nano = name.endswith("-nano")
         desc = (f"Vim {official.split(' (')[0]}: dim {cfg.embed_dim}, depth {cfg.depth}, patch {cfg.patch_size}, "
                 f"stride {cfg.stride}, d_state {cfg.d_state}" + (f"; {top1} % ImageNet-1k top-1 (official)" if top1
@@ -367,7 +368,7 @@ def _register() -> None:
         register(ModelSpec(name, _builder(name, cfg), desc, "vim", num_classes=10 if nano else 1000,
                            input_size=cfg.img_size, crop_pct=1.0 if nano else 0.875, interpolation="bicubic",
                            weights_url=url, weights_file=url.rsplit("/", 1)[-1] if url else None,
-                           diagnose=diagnose_checkpoint))
+                           timm_name=timm_name, diagnose=diagnose_checkpoint))
 
 
 def infer_config(state: dict[str, torch.Tensor]) -> tuple | None:
