@@ -362,7 +362,7 @@ def _builder(name: str, cfg: VimConfig):
 def _register() -> None:
     for name, (official, cfg, url, top1, timm_name) in VIM_VARIANTS.items():
         nano = name.endswith("-nano")
-        desc = (f"Vim {official.split(' (')[0]}: dim {cfg.embed_dim}, depth {cfg.depth}, patch {cfg.patch_size}, "
+        desc = (f"{official.split(' (')[0]}: dim {cfg.embed_dim}, depth {cfg.depth}, patch {cfg.patch_size}, "
                 f"stride {cfg.stride}, d_state {cfg.d_state}" + (f"; {top1} % ImageNet-1k top-1 (official)" if top1
                                                                   else "; for 64 px embedded data"))
         register(ModelSpec(name, _builder(name, cfg), desc, "vim", num_classes=10 if nano else 1000,
