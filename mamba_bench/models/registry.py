@@ -56,6 +56,19 @@ class ModelSpec:
     def build(self, num_classes: int | None = None) -> nn.Module:
         return self.builder(self.num_classes if num_classes is None else num_classes)
 
+    def explain_misfit(self, state: dict) -> str | None:
+        """What a checkpoint that does not fit this spec is, asked of its own family first, then of every
+        other registered family (a Vim checkpoint passed for vmamba-t is named as such)."""
+        asked = []
+        for fn in [self.diagnose, *(s.diagnose for s in _REGISTRY.values())]:
+            if fn is None or fn in asked:
+                continue
+            asked.append(fn)
+            hint = fn(state, self.name)
+            if hint:
+                return hint
+        return None
+
     @property
     def has_release(self) -> bool:
         return bool(self.weights_url or self.hf_hub_id)

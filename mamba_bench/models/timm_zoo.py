@@ -74,6 +74,7 @@ _TIMM_ALIASES = {
     "convnext-t": ("convnext_tiny.fb_in1k", "ConvNeXt-T (29M), ImageNet-1k"),
     "convnext-s": ("convnext_small.fb_in1k", "ConvNeXt-S (50M), ImageNet-1k"),
     "convnext-b": ("convnext_base.fb_in1k", "ConvNeXt-B (89M), ImageNet-1k"),
+    "deit-s": ("deit_small_patch16_224.fb_in1k", "DeiT-S (22M), ImageNet-1k"),
 }
 
 for _alias, (_tname, _desc) in _TIMM_ALIASES.items():

@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+# Recorder, capture_internals, INTERNALS and ssm_blocks are re-exported from here for older imports
+from mamba_bench.models.internals import INTERNALS, Recorder, SSMBlock, capture_internals, ssm_blocks  # noqa: F401
 from mamba_bench.ops.cross_scan import cross_merge, cross_scan
 from mamba_bench.ops.selective_scan import (
     fused_ss2d_available,
@@ -98,51 +98,8 @@ class Linear2d(nn.Linear):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
-class Recorder:
-    """What ``capture_internals`` collects: ``rec[block_name][tensor_name] → tensor``."""
-
-    def __init__(self, names: frozenset[str], detach: bool):
-        self.names, self.detach, self.data = names, detach, {}
-
-    def put(self, block: str, name: str, value: torch.Tensor) -> None:
-        if name in self.names:
-            self.data.setdefault(block, {})[name] = value.detach() if self.detach else value
-
-    def __getitem__(self, block: str) -> dict[str, torch.Tensor]:
-        return self.data[block]
-
-    def blocks(self) -> list[str]:
-        return list(self.data)
-
-
-INTERNALS = frozenset({"in", "x", "conv", "delta", "B", "C", "scan", "ssm", "out"})
-
-
-@contextmanager
-def capture_internals(model: nn.Module, names=INTERNALS, detach: bool = True) -> Iterator[Recorder]:
-    """Record per-block SS2D internals during forward passes inside the ``with`` block.
-
-    Names: ``in`` (in-projection output, (B, D, H, W)), ``x`` (SSM input after conv + SiLU,
-    (B, D, H, W)), ``conv`` (depthwise conv output before the activation), ``delta`` (Δ after bias +
-    softplus, (B, 4, D, L)), ``B``/``C`` ((B, 4, N, L)),
-    ``scan`` (selective-scan output per direction, (B, 4, D, L)), ``ssm`` (the four directions merged
-    back onto the map, before the out-norm, (B, D, H, W)), ``out`` (block output). Keys of the
-    recorder are the blocks' module names (``layers.0.blocks.1``). Only the model passed in is
-    touched, and nothing is recorded (or computed) outside the context.
-    """
-    unknown = set(names) - INTERNALS
-    if unknown:
-        raise ValueError(f"unknown internals {sorted(unknown)}; valid: {sorted(INTERNALS)}")
-    rec = Recorder(frozenset(names), detach)
-    blocks = [(n, m) for n, m in model.named_modules() if isinstance(m, VSSBlock)]
-    for n, m in blocks:
-        m._recorder, m._record_name = rec, n
-        m.op._recorder, m.op._record_name = rec, n
-    try:
-        yield rec
-    finally:
-        for _, m in blocks:
-            m._recorder = m.op._recorder = None
+#: what a VMamba block records (see ``mamba_bench.models.internals``; v05_noz has no gate ``z``)
+VMAMBA_INTERNALS = frozenset({"in", "x", "conv", "delta", "B", "C", "scan", "ssm", "out"})
 
 
 class SS2D(nn.Module):
@@ -268,7 +225,13 @@ class DropPath(nn.Module):
         return x * keep / (1 - self.p)
 
 
-class VSSBlock(nn.Module):
+class VSSBlock(nn.Module, SSMBlock):
+    """``x += op(norm(x)); x += mlp(norm2(x))``. Internals (``capture_internals``): ``in``, ``conv``, ``x``
+    (b, D, H, W); ``delta``, ``scan`` (b, 4, D, H·W) and ``B``, ``C`` (b, 4, N, H·W) in each of the four
+    scan orders; ``ssm`` (the directions merged back onto the map, before the out-norm); ``out``."""
+
+    internal_names = VMAMBA_INTERNALS
+
     def __init__(self, dim: int, cfg: VMambaConfig, drop_path: float = 0.0):
         super().__init__()
         self.norm = LayerNorm2d(dim)
@@ -279,6 +242,9 @@ class VSSBlock(nn.Module):
         self._recorder: Recorder | None = None
         self._record_name = ""
         self._residual_in_place = False  # set by VMamba.forward_features while it owns the residual stream
+
+    def recording_modules(self):
+        return (self, self.op)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (not self.training and self._recorder is None and self.op._recorder is None
@@ -384,6 +350,8 @@ class VMamba(nn.Module):
             down = _downsample(dims[i], dims[i + 1]) if i < len(cfg.depths) - 1 else nn.Identity()
             self.layers.append(nn.Sequential(OrderedDict(blocks=blocks, downsample=down)))
         self.num_features = dims[-1]
+        self.num_classes = num_classes
+        self.pretrained_cfg: dict = {}  # timm's fields; filled by the timm entry points (models/timm_interop.py)
         self.classifier = nn.Sequential(OrderedDict(
             norm=LayerNorm2d(self.num_features), permute=nn.Identity(), avgpool=nn.AdaptiveAvgPool2d(1),
             flatten=nn.Flatten(1), head=nn.Linear(self.num_features, num_classes)))
@@ -434,6 +402,26 @@ class VMamba(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)  # CPU convs are 1.1-8x faster on it
         return self.classifier(self.forward_features(x))
 
+    # -- timm's model API (forward_features above: the last stage's map, before the classifier's norm)
+    @property
+    def default_cfg(self) -> dict:
+        return self.pretrained_cfg
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        c = self.classifier
+        x = c.flatten(c.avgpool(c.norm(x)))
+        return x if pre_logits else c.head(x)
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new head for ``num_classes`` (0: none; the model then returns pooled features)."""
+        if global_pool not in (None, "avg"):
+            raise ValueError(f"VMamba pools by average only, not {global_pool!r}")
+        self.num_classes = num_classes
+        self.classifier.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
 
 # -- registry entries -----------------------------------------------------------------------------
 RELEASES = "https://github.com/MzeroMiko/VMamba/releases/download/"
@@ -473,7 +461,7 @@ def infer_config(state: dict[str, torch.Tensor]) -> VMambaConfig | None:
 
 def diagnose_checkpoint(state: dict[str, torch.Tensor], wanted: str) -> str | None:
     """A sentence saying which VMamba config a non-fitting checkpoint belongs to, if one can tell."""
-    if any(".self_attention." in k or ".ln_1." in k for k in state) or "patch_embed.proj.weight" in state:
+    if any(".self_attention." in k or ".ln_1." in k for k in state):  # (Vim also has patch_embed.proj)
         return ("it is a VMamba v0 ('vanilla', forward_type v0) checkpoint; mamba-bench implements the v2 "
                 "family (vmamba-t/-s/-b): pass a v2 release checkpoint")
     cfg = infer_config(state)

@@ -275,8 +275,8 @@ def load_weights_into(model: torch.nn.Module, ref: str, spec: Any = None, *,
     try:
         check_fit(model, state, spec.name if spec else type(model).__name__)
     except CheckpointError as exc:
-        if spec is not None and spec.diagnose is not None:
-            hint = spec.diagnose(state, spec.name)
+        if spec is not None:
+            hint = spec.explain_misfit(state)
             if hint:
                 raise CheckpointError(f"{path.name} does not fit {spec.name}: {hint}") from None
         raise exc
