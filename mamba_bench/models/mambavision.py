@@ -204,13 +204,14 @@ class MambaVisionMixer(nn.Module):
         A = -torch.exp(self.A_log.float())
         bias = self.dt_proj.bias.float()  # a second time: the official scan call's delta_bias
         if rec is None:
-            y = selective_scan(x, dt, A, B, C, self.D.float(), bias, delta_softplus=True, backend=self.scan_backend)
+            y = selective_scan(x, dt, A, B, C, self.D.float(), delta_bias=bias, delta_softplus=True,
+                               backend=self.scan_backend)
         else:  # Δ made explicitly, so the recorded tensor is the one on the graph
             delta = F.softplus(dt.float() + bias[None, :, None])
             rec.put(self._record_name, "delta", self._per_image(delta, layout))
             rec.put(self._record_name, "B", self._per_image(B, layout))
             rec.put(self._record_name, "C", self._per_image(C, layout))
-            y = selective_scan(x, delta, A, B, C, self.D.float(), None, delta_softplus=False,
+            y = selective_scan(x, delta, A, B, C, self.D.float(), delta_softplus=False,
                                backend=self.scan_backend)
             rec.put(self._record_name, "scan", self._per_image(y, layout))
         y = self._route("ssm", y, layout)

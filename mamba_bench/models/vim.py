@@ -194,14 +194,15 @@ class BiMamba(nn.Module):
         bias = torch.cat([self.dt_proj.bias, self.dt_proj_b.bias]).float()
         us = u.reshape(b, 2 * di, length)
         if rec is None:
-            ys = selective_scan(us, dts.reshape(b, 2 * di, length), A, Bs, Cs, D, bias, delta_softplus=True,
+            ys = selective_scan(us, dts.reshape(b, 2 * di, length), A, Bs, Cs, D, delta_bias=bias,
+                                delta_softplus=True,
                                 backend=self.scan_backend)
         else:  # Δ made explicitly, so the recorded tensor is the one on the graph
             delta = F.softplus(dts.float() + bias.view(1, 2, di, 1))
             rec.put(self._record_name, "delta", delta)
             rec.put(self._record_name, "B", Bs)
             rec.put(self._record_name, "C", Cs)
-            ys = selective_scan(us, delta.reshape(b, 2 * di, length), A, Bs, Cs, D, None, delta_softplus=False,
+            ys = selective_scan(us, delta.reshape(b, 2 * di, length), A, Bs, Cs, D, delta_softplus=False,
                                 backend=self.scan_backend)
         ys = ys.view(b, 2, di, length)
         if rec is not None:
