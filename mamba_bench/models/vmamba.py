@@ -109,7 +109,7 @@ class Recorder:
         return list(self.data)
 
 
-INTERNALS = frozenset({"in", "x", "conv", "delta", "B", "C", "scan", "ssm", "out"})
+INTERNALS = frozenset({"in", "x", "conv", "delta", "B", "C", "scan", "ssm", "ssm_norm", "out"})
 
 
 @contextmanager
@@ -120,7 +120,8 @@ def capture_internals(model: nn.Module, names=INTERNALS, detach: bool = True) ->
     (B, D, H, W)), ``conv`` (depthwise conv output before the activation), ``delta`` (Δ after bias +
     softplus, (B, 4, D, L)), ``B``/``C`` ((B, 4, N, L)),
     ``scan`` (selective-scan output per direction, (B, 4, D, L)), ``ssm`` (the four directions merged
-    back onto the map, before the out-norm, (B, D, H, W)), ``out`` (block output). Keys of the
+    back onto the map, before the out-norm, (B, D, H, W)), ``ssm_norm`` (the same after the out-norm),
+    ``out`` (block output). Keys of the
     recorder are the blocks' module names (``layers.0.blocks.1``). Only the model passed in is
     touched, and nothing is recorded (or computed) outside the context.
     """
@@ -211,6 +212,8 @@ class SS2D(nn.Module):
         if rec is not None:
             rec.put(self._record_name, "ssm", y)
         y = self.out_norm(y).to(x.dtype)
+        if rec is not None:
+            rec.put(self._record_name, "ssm_norm", y)
         return self.out_proj(y)
 
 
