@@ -29,7 +29,7 @@ our own implementation:
   (``state_internal_mask.py``: the class mean of Grad-ISC over high-confidence training images
   (``sample_selection.py --is_high_confidence``), min-max normalised, > θ = 0.3). The gradient
   in both is that of the batch mean, so each carries a further 1 / B (applied here: our maps use
-  each image's own gradient). Weights α = 1e7, β = 1e8 in ``train_repair.sh``.
+  each image's own gradient). Weights α = 1e7, β = 1e8 in ``train_repair.sh`` (our defaults: below).
 * Blocks: external on block 1 of the first stage (``layers[0][0][1]``), internal and templates
   on block 1 of the last stage (``layers[3][0][1]``), fixed in ``constraints.py`` and
   ``feature_selection.py`` for VMamba; for Vim both on its last layer (``train_repair.sh``: 23).
@@ -56,8 +56,12 @@ THETA_EXTERNAL = 0.5
 THETA_INTERNAL = 0.3
 #: The official code's small constant in IoU, the ECS ratio, ``mm_norm`` and ICS.
 EPS = 1e-5
-#: The official repair's loss weights (``train_repair.sh``).
+#: The official repair's loss weights (``train_repair.sh``), tuned for ImageNet at 224 px and batches
+#: of 256: on the digit vmamba-nano they overwhelm the cross-entropy (README), so the defaults below
+#: are the powers of ten nearest |∇CE| / |∇L| on its first training batch
+#: (``scripts/mender_loss_scale.py``); ``--lambda-ext 1e7 --lambda-int 1e8`` gives the official ones.
 ALPHA, BETA = 1e7, 1e8
+LAMBDA_EXT, LAMBDA_INT = 1e2, 1e5
 
 
 def objective(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -175,8 +179,8 @@ class Official(Definition):
     name = "official"
     follows = "jiaconghu/Vision-Mamba-Mender (core/constraints.py, core/state_*_score.py, scripts/*.sh)"
     captures = {"x": "in", "c": "x", "s": "ssm_norm", "y": "out"}
-    lambda_ext = ALPHA
-    lambda_int = BETA
+    lambda_ext = LAMBDA_EXT
+    lambda_int = LAMBDA_INT
     template_images = 50
 
     objective = staticmethod(objective)
