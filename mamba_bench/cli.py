@@ -549,7 +549,7 @@ def explain(
                                                    "(digits: the strokes). Needed for ECS's segmentation test.")]
     = None,
     blocks: Annotated[list[str] | None, typer.Option(help="Blocks: module names or positions (-1 = last); "
-                                                          "default all (explain) / the last two stages (repair).")]
+                                                          "default all (explain) / the definition's (repair).")]
     = None,
     states: Annotated[list[str] | None, typer.Option(help="Mender states: x (in-proj), c (conv), s (scan), "
                                                           "y (block output); default all.")] = None,
@@ -557,6 +557,9 @@ def explain(
                                                            "first, called difficult.")] = 0.5,
     views: Annotated[int, typer.Option(help="Flipped images shown in flips.png.")] = 8,
     view_state: Annotated[str, typer.Option(help="State whose map flips.png shows (in the last block).")] = "s",
+    definition: Annotated[str, typer.Option(help="Mender's formulas: official (as jiaconghu/Vision-Mamba-Mender "
+                                                 "computes them) or seed (the seed's literal reading).")]
+    = "official",
     repair: Annotated[bool, typer.Option(help="Fine-tune with Mender's external + internal losses and report "
                                               "clean / corrupted accuracy before and after.")] = False,
     train_data: Annotated[str | None, typer.Option(help="repair: training images (digits: the train split).")] = None,
@@ -565,8 +568,10 @@ def explain(
     repair_steps: Annotated[int, typer.Option(help="repair: fine-tuning steps per arm.")] = 150,
     repair_batch: Annotated[int, typer.Option(help="repair: training images per step.")] = 32,
     lr: Annotated[float, typer.Option(help="repair: AdamW learning rate.")] = 1e-4,
-    lambda_ext: Annotated[float, typer.Option(help="repair: weight of the external loss.")] = 1.0,
-    lambda_int: Annotated[float, typer.Option(help="repair: weight of the internal loss.")] = 1.0,
+    lambda_ext: Annotated[float | None, typer.Option(help="repair: weight of the external loss (default: the "
+                                                          "definition's; README).")] = None,
+    lambda_int: Annotated[float | None, typer.Option(help="repair: weight of the internal loss (default: the "
+                                                          "definition's; README).")] = None,
     corruptions: Annotated[list[str] | None, typer.Option(help="repair: corruptions of the evaluation "
                                                                "(default all, at --severity).")] = None,
     labels: Annotated[str | None, typer.Option(help="Label file for a flat layout.")] = None,
@@ -593,13 +598,14 @@ def explain(
                            train_batch=repair_batch, batch_size=64 if batch_size is None else batch_size,
                            lambda_ext=lambda_ext, lambda_int=lambda_int,
                            corruptions=_split(corruptions) or "all", severity=severity, suite=suite, seed=seed,
-                           device=device, workers=workers)
+                           definition=definition, device=device, workers=workers)
         quiet = fmt != "table"
         res = run_repair(cfg, on_arm=None if quiet else lambda a: out_console.print(
             f"fine-tuning arm [bold]{a}[/] ({repair_steps} steps)"))
         if print_frame(res["table"], fmt):
             return
-        table = Table(title=f"Mender repair of {model} (blocks {', '.join(res['blocks'])}) — {out}")
+        table = Table(title=f"Mender repair of {model} ({definition} definition, blocks "
+                            f"{', '.join(res['blocks'])}) — {out}")
         for c in ("arm", "clean top-1", "Δ", "corrupted top-1", "Δ", "ECS", "ICS"):
             table.add_column(c, justify="right")
         for r in res["table"].itertuples():
@@ -616,12 +622,13 @@ def explain(
                         limit=limit, seed=seed, corruption=corruption, severity=severity, suite=suite, masks=masks,
                         blocks=_split(blocks) or None, states=_split(states) or ["x", "c", "s", "y"],
                         difficult_fraction=difficult_fraction, views=views, view_state=view_state,
-                        batch_size=16 if batch_size is None else batch_size, device=device, workers=workers)
+                        definition=definition, batch_size=16 if batch_size is None else batch_size, device=device,
+                        workers=workers)
     res = run_explain(cfg)
     scores = res["scores"]
     if print_frame(scores, fmt):
         return
-    table = Table(title=f"{model}: ECS / ICS per block, simple vs difficult — {out}")
+    table = Table(title=f"{model}: ECS / ICS per block, simple vs difficult ({definition} definition) — {out}")
     for c in ("block", "state", "ECS simple", "ECS difficult", "ICS simple", "ICS difficult"):
         table.add_column(c, justify="left" if c in ("block", "state") else "right", no_wrap=True)
     wide = scores[scores.group != "all"].pivot_table(index=["index", "block", "state"], columns="group",

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mamba_bench.errors import CheckpointError, MambaBenchError
+from mamba_bench.errors import CheckpointError
 from mamba_bench.models import create_model, get_spec, save_checkpoint
 from mamba_bench.models.internals import capture_internals, ssm_blocks
 
@@ -295,10 +295,6 @@ def test_corrupt_end_to_end(cli, tmp_path):
     assert set(zip(m.corruption, m.severity, strict=True)) == {("clean", 0), ("gaussian_blur", 1)}
 
 
-@pytest.mark.xfail(raises=MambaBenchError, strict=True,
-                   reason="analysis/explain.py resolve_model accepts spec.family 'vmamba' only, and "
-                          "mender.mamba_blocks looks for VSSBlock; with the two one-line edits of the issue-21 "
-                          "report it passes (then drop this mark)")
 def test_explain_end_to_end_on_vim(tmp_path, nanos):
     import pandas as pd
 

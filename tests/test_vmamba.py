@@ -176,7 +176,7 @@ def test_capture_internals(nano):
     assert rec.blocks() == ["layers.0.blocks.0", "layers.1.blocks.0", "layers.2.blocks.0", "layers.2.blocks.1",
                             "layers.3.blocks.0"]
     first = rec["layers.0.blocks.0"]
-    assert set(first) == {"in", "x", "conv", "delta", "B", "C", "scan", "ssm", "out"}
+    assert set(first) == {"in", "x", "conv", "delta", "B", "C", "scan", "ssm", "ssm_norm", "out"}
     assert first["x"].shape == (2, 32, 16, 16) and first["delta"].shape == (2, 4, 32, 256)
     assert first["B"].shape == first["C"].shape == (2, 4, 1, 256) and first["scan"].shape == (2, 4, 32, 256)
     assert (first["delta"] > 0).all()  # after softplus
@@ -187,6 +187,7 @@ def test_capture_internals(nano):
     from mamba_bench.ops.cross_scan import cross_merge
     assert first["ssm"].shape == (2, 32, 16, 16)
     torch.testing.assert_close(first["ssm"], cross_merge(first["scan"], 16, 16).view(2, 32, 16, 16))
+    torch.testing.assert_close(first["ssm_norm"], op.out_norm(first["ssm"]))  # Mender's official s
     # after the context, nothing is recorded any more
     with torch.no_grad():
         nano(x)

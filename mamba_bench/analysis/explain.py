@@ -1,10 +1,12 @@
 """``mamba-bench explain``: Mender's state correlations and scores over a data set, and the repair.
 
 Data flow: data set (optionally under one corruption) → Grad-ESC / Grad-ISC of each chosen block
-and state, per image → ECS per image (perturbation × segmentation against foreground masks) →
-ICS per class → ``scores.parquet`` per (model, block, state, sample group); images that the
-corruption flips from right to wrong get side-by-side maps for the true and the predicted class.
-``--repair`` fine-tunes with Mender's losses and measures the accuracy change in the same run.
+and state, per image → the perturbation and segmentation tests per image (against foreground
+masks) → ECS per sample group, ICS per class → ``scores.parquet`` per (model, block, state, sample
+group); images that the corruption flips from right to wrong get side-by-side maps for the true and
+the predicted class. ``--repair`` fine-tunes with Mender's losses and measures the accuracy change
+in the same run. The formulas are those of one definition (``--definition``, looked up in
+``mamba_bench.analysis.definitions``); this module only runs them over data.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import copy
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from mamba_bench.analysis import mender
+from mamba_bench.analysis.definitions import DEFAULT, get_definition
+from mamba_bench.analysis.mender import Definition
 from mamba_bench.data import ImageSet, open_dataset
 from mamba_bench.errors import MambaBenchError, RunDirError
 from mamba_bench.models.preprocess import to_model_input
@@ -39,7 +43,8 @@ SCORES_SCHEMA = {
 
 @dataclass
 class ExplainConfig:
-    """One explain run. ``corruption=None`` analyses clean images; ``blocks=None`` every Mamba block."""
+    """One explain run. ``corruption=None`` analyses clean images; ``blocks=None`` every Mamba block;
+    ``definition``: Mender's formulas (``mamba_bench.analysis.definitions``)."""
 
     model: str
     data: str
@@ -54,10 +59,11 @@ class ExplainConfig:
     suite: str | None = None
     masks: str | None = None
     blocks: list[str] | None = None
-    states: list[str] = field(default_factory=lambda: list(mender.MENDER_STATES))
+    states: list[str] = field(default_factory=lambda: list(mender.STATES))
     difficult_fraction: float = 0.5
     views: int = 8
     view_state: str = "s"
+    definition: str = DEFAULT
     batch_size: int = 16
     device: str = "auto"
     cache_dir: str | None = None
@@ -118,9 +124,10 @@ def resolve_model(name: str, weights: str | None, ds: ImageSet, *, cache_dir: st
     from mamba_bench.models.registry import get_spec, spec_for_weights
 
     spec = spec_for_weights(get_spec(name), weights)
-    if spec.family != "vmamba":
+    if spec.family not in ("vmamba", "vim", "mambavision"):
         raise MambaBenchError(f"{name} has no selective-scan (Mamba) blocks: Mender's state correlations need a "
-                              "Mamba model (vmamba-*, start-m, start-x); Swin and ConvNeXt have no SSM states")
+                              "Mamba model (vmamba-*, vim-*, mambavision-*, start-m, start-x); Swin and ConvNeXt have "
+                              "no SSM states")
     if weights is None and _embedded(ds) and name == "vmamba-nano":
         from mamba_bench.train.digits import demo_weights
 
@@ -218,11 +225,6 @@ def corrupt_images(images: np.ndarray, ids: list[str], cell, seed: int, workers:
 # ---------------------------------------------------------------------------------------------- analysis
 
 
-def _stage(block: str) -> int:
-    parts = block.split(".")
-    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else -1
-
-
 def difficult_split(p_true: np.ndarray, fraction: float) -> np.ndarray:
     """Group per sample: the ``ceil(fraction × N)`` lowest true-class probabilities are 'difficult'."""
     n = len(p_true)
@@ -232,43 +234,67 @@ def difficult_split(p_true: np.ndarray, fraction: float) -> np.ndarray:
     return groups
 
 
-def analyse(module, spec, images: np.ndarray, labels: np.ndarray, masks: np.ndarray | None, blocks: list[str],
-            states: list[str], *, batch_size: int, device: torch.device, ecs_states=None):
-    """Per-image true-class probability, prediction, ECS parts and ``i⁺`` for every (block, state).
+Key = tuple[str, str]
 
-    ``ecs_states``: the states whose ECS parts (perturbation ratio, IoU) are computed — the
-    perturbation test costs two forward passes per (block, state); None: all. Others stay NaN.
+
+@dataclass
+class Analysis:
+    """Per image: true-class probability, prediction; per (block, state): the perturbation test's
+    two probabilities and the IoU (NaN where not computed), and the Grad-ISC vectors (N, D)."""
+
+    p_true: np.ndarray
+    pred: np.ndarray
+    p_keep: dict[Key, np.ndarray]
+    p_drop: dict[Key, np.ndarray]
+    iou: dict[Key, np.ndarray]
+    internal: dict[Key, torch.Tensor]
+
+
+def analyse(defn: Definition, module, spec, images: np.ndarray, labels: np.ndarray, masks: np.ndarray | None,
+            blocks: list[str], states: list[str], *, batch_size: int, device: torch.device,
+            ecs_keys=None) -> Analysis:
+    """Every image's correlations for every (block, state), batch by batch.
+
+    ``ecs_keys``: the (block, state)s whose ECS parts are computed — the perturbation test costs a
+    forward pass of two images per image and (block, state); None: all.
     """
     n = len(labels)
-    ecs_states = set(states if ecs_states is None else ecs_states)
-    p_true, pred = np.zeros(n), np.zeros(n, np.int64)
-    ratio = {(b, s): np.full(n, np.nan) for b in blocks for s in states}
-    iou = {(b, s): np.full(n, np.nan) for b in blocks for s in states}
-    i_pos: dict[tuple[str, str], list[torch.Tensor]] = {(b, s): [] for b in blocks for s in states}
+    keys = [(b, s) for b in blocks for s in states]
+    res = Analysis(np.zeros(n), np.zeros(n, np.int64), *({k: np.full(n, np.nan) for k in keys} for _ in range(3)),
+                   internal={})
+    parts: dict[Key, list[torch.Tensor]] = {k: [] for k in keys}
     for a in range(0, n, batch_size):
-        x = to_model_input(torch.from_numpy(images[a:a + batch_size]), spec, device)
-        y = torch.from_numpy(labels[a:a + batch_size]).to(device)
-        corr = mender.state_correlations(module, x, y, blocks, states)
-        p_true[a:a + len(y)] = corr.probs.gather(1, y[:, None])[:, 0].cpu().numpy()
-        pred[a:a + len(y)] = corr.probs.argmax(1).cpu().numpy()
         m = None if masks is None else torch.from_numpy(masks[a:a + batch_size]).to(device)
-        for key, e in corr.external.items():
-            if key[1] in ecs_states:
-                ratio[key][a:a + len(y)] = mender.perturbation_ratio(module, x, y, e).cpu().numpy()
-                if m is not None:
-                    iou[key][a:a + len(y)] = mender.segmentation_iou(e, m).cpu().numpy()
-            i_pos[key].append(mender.positive_channels(corr.internal[key]).cpu())
-    return p_true, pred, ratio, iou, {k: torch.cat(v) for k, v in i_pos.items()}
+        internal = _analyse_batch(defn, module, spec, images[a:a + batch_size], labels[a:a + batch_size], m, blocks,
+                                  states, set(keys if ecs_keys is None else ecs_keys), res, a, device)
+        for k in keys:
+            parts[k].append(internal[k])
+    res.internal = {k: torch.cat(v) for k, v in parts.items()}
+    return res
 
 
-def class_ics(i_pos: torch.Tensor, labels: np.ndarray) -> tuple[float, float, float, int]:
+def _analyse_batch(defn: Definition, module, spec, images, labels, masks, blocks, states, ecs_keys, res: Analysis,
+                   start: int, device) -> dict[Key, torch.Tensor]:
+    """One batch into ``res`` (rows from ``start``); returns its Grad-ISC vectors on the CPU."""
+    x = to_model_input(torch.from_numpy(images), spec, device)
+    y = torch.from_numpy(labels).to(device)
+    rows = slice(start, start + len(y))
+    corr = defn.correlations(module, x, y, blocks, states)
+    res.p_true[rows] = corr.probs.gather(1, y[:, None])[:, 0].cpu().numpy()
+    res.pred[rows] = corr.probs.argmax(1).cpu().numpy()
+    for key in ecs_keys:
+        e = corr.external[key]
+        keep, drop = defn.perturbation_probs(module, x, y, e)
+        res.p_keep[key][rows], res.p_drop[key][rows] = keep.cpu().numpy(), drop.cpu().numpy()
+        if masks is not None:
+            res.iou[key][rows] = defn.segmentation_iou(e, masks).cpu().numpy()
+    return {k: v.cpu() for k, v in corr.internal.items()}
+
+
+def class_ics(defn: Definition, internal: torch.Tensor, labels: np.ndarray) -> tuple[float, float, float, int]:
     """Mean over classes (with ≥ 2 samples) of (ICS, simplicity, homogeneity), and the class count."""
-    vals = []
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        if len(idx) >= 2:
-            s, h = mender.ics(i_pos[torch.from_numpy(idx)])
-            vals.append((s * h, s, h))
+    vals = [defn.ics(internal[torch.from_numpy(np.flatnonzero(labels == c))]) for c in np.unique(labels)
+            if (labels == c).sum() >= 2]
     if not vals:
         return float("nan"), float("nan"), float("nan"), 0
     arr = np.asarray(vals, float)
@@ -277,37 +303,32 @@ def class_ics(i_pos: torch.Tensor, labels: np.ndarray) -> tuple[float, float, fl
                   for k in range(3)), len(vals))
 
 
-def score_table(model: str, blocks: list[str], all_blocks: list[str], states: list[str], labels: np.ndarray,
-                groups: np.ndarray, ratio, iou, i_pos) -> pd.DataFrame:
+def score_row(defn: Definition, res: Analysis, key: Key, labels: np.ndarray, sel: np.ndarray) -> dict:
+    """ECS and ICS (and their parts) of one (block, state) over the images ``sel``."""
+    ecs_v, pert, iou = defn.ecs(res.p_keep[key][sel], res.p_drop[key][sel], res.iou[key][sel])
+    ics_v, simp, homo, n_cls = class_ics(defn, res.internal[key][torch.from_numpy(np.flatnonzero(sel))],
+                                         labels[sel])
+    return {"n_samples": int(sel.sum()), "n_classes": n_cls, "ecs": ecs_v, "perturbation": pert, "iou": iou,
+            "ics": ics_v, "simplicity": simp, "homogeneity": homo}
+
+
+def score_table(defn: Definition, model: str, blocks: list[str], all_blocks: list[str], states: list[str],
+                labels: np.ndarray, groups: np.ndarray, res: Analysis) -> pd.DataFrame:
     rows = []
     for b in blocks:
         for s in states:
             for g in ("simple", "difficult", "all"):
                 sel = np.ones(len(labels), bool) if g == "all" else groups == g
-                if not sel.any():
-                    continue
-                r = ratio[(b, s)][sel]
-                pert = r / (1 + r)
-                io = iou[(b, s)][sel]
-                e = pert * io
-                ics_v, simp, homo, n_cls = class_ics(i_pos[(b, s)][torch.from_numpy(np.flatnonzero(sel))],
-                                                     labels[sel])
-                with np.errstate(all="ignore"):
-                    rows.append({
-                        "model": model, "block": b, "stage": _stage(b), "index": all_blocks.index(b), "state": s,
-                        "group": g, "n_samples": int(sel.sum()), "n_classes": n_cls,
-                        "ecs": float(np.nanmean(e)) if not np.isnan(e).all() else float("nan"),
-                        "perturbation": float(pert.mean()),
-                        "iou": float(np.nanmean(io)) if not np.isnan(io).all() else float("nan"),
-                        "ics": ics_v, "simplicity": simp, "homogeneity": homo})
-    df = pd.DataFrame(rows, columns=list(SCORES_SCHEMA))
-    return df.astype(SCORES_SCHEMA)
+                if sel.any():
+                    with np.errstate(all="ignore"):
+                        rows.append({"model": model, "block": b, "stage": mender.block_stage(b),
+                                     "index": all_blocks.index(b), "state": s, "group": g,
+                                     **score_row(defn, res, (b, s), labels, sel)})
+    return pd.DataFrame(rows, columns=list(SCORES_SCHEMA)).astype(SCORES_SCHEMA)
 
 
 def run_explain(cfg: ExplainConfig) -> dict:
     """Scores, plots and misclassification views of one model; returns paths and the score table."""
-    from mamba_bench.eval.corrupt import default_workers, resolve_device
-
     t0 = time.perf_counter()
     out = Path(cfg.out)
     done = finished_run(out, "explain", result_config(cfg))
@@ -316,6 +337,29 @@ def run_explain(cfg: ExplainConfig) -> dict:
                 "samples": pd.read_parquet(out / "samples.parquet"), "flips": pd.read_parquet(out / "flips.parquet"),
                 "plots": [out / p for p in done["plots"]], "masks": done["data"]["masks"] is not None,
                 "resumed": True}
+    defn, states, cells = _check_explain(cfg)
+    inp = _explain_inputs(cfg, cells)
+    res = analyse(defn, inp.module, inp.spec, inp.images, inp.labels, inp.masks, inp.blocks, states,
+                  batch_size=cfg.batch_size, device=inp.device)
+    groups = difficult_split(res.p_true, cfg.difficult_fraction)
+    scores = score_table(defn, cfg.model, inp.blocks, inp.all_blocks, states, inp.labels, groups, res)
+    samples = _samples_table(defn, inp, res, groups, states)
+    out.mkdir(parents=True, exist_ok=True)
+    from mamba_bench.analysis.plots import plot_scores
+
+    plots = [plot_scores(scores, out / "scores.png", cfg.model, defn.name)]
+    flips = _flips(cfg, defn, inp, res, out, plots) if cells else _flips_frame([], inp, res, None)
+    atomic_write_parquet(out / "samples.parquet", samples)
+    atomic_write_parquet(out / "flips.parquet", flips)
+    atomic_write_json(out / "manifest.json", _explain_manifest(cfg, defn, inp, states, flips, plots, t0))
+    atomic_write_parquet(out / "scores.parquet", scores)  # the marker of a finished run: last
+    return {"out": out, "scores": scores, "samples": samples, "flips": flips, "plots": plots,
+            "masks": inp.masks is not None, "resumed": False}
+
+
+def _check_explain(cfg: ExplainConfig):
+    """The definition, the states and the corruption cell (none or one) of a valid config."""
+    defn = get_definition(cfg.definition)
     states = mender.check_states(cfg.states)
     if cfg.view_state not in states:
         raise MambaBenchError(f"--view-state {cfg.view_state} is not one of --states {','.join(states)}")
@@ -328,6 +372,30 @@ def run_explain(cfg: ExplainConfig) -> dict:
     cells = _cells(cfg.suite, [cfg.corruption] if cfg.corruption else [], cfg.severity)
     if len(cells) > 1:
         raise MambaBenchError(f"--corruption takes one corruption name, not {cfg.corruption!r}")
+    return defn, states, cells
+
+
+@dataclass
+class ExplainInputs:
+    """What an explain run analyses: the model, its blocks, the (corrupted) images and the masks."""
+
+    ds: ImageSet
+    loaded: object
+    module: torch.nn.Module
+    spec: object
+    device: torch.device
+    all_blocks: list[str]
+    blocks: list[str]
+    clean: np.ndarray
+    images: np.ndarray
+    ids: list[str]
+    labels: np.ndarray
+    masks: np.ndarray | None
+
+
+def _explain_inputs(cfg: ExplainConfig, cells) -> ExplainInputs:
+    from mamba_bench.eval.corrupt import default_workers, resolve_device
+
     device = resolve_device(cfg.device)
     workers = default_workers() if cfg.workers is None else cfg.workers
     ds = open_dataset(cfg.data, per_class=cfg.per_class, seed=cfg.seed, labels=cfg.labels)
@@ -336,60 +404,65 @@ def run_explain(cfg: ExplainConfig) -> dict:
         if ds.arrays is not None:
             ds.arrays = ds.arrays[:cfg.limit]
     loaded = resolve_model(cfg.model, cfg.weights, ds, cache_dir=cfg.cache_dir, seed=cfg.seed)
-    module, spec = loaded.module.to(device), loaded.spec
+    module = loaded.module.to(device)
     all_blocks = mender.mamba_blocks(module, cfg.model)
-    blocks = select_blocks(all_blocks, cfg.blocks)
     clean, ids, labels = load_images(ds, workers)
     masks = foreground_masks(ds, clean, ids, cfg.masks)
     images = corrupt_images(clean, ids, cells[0], cfg.seed, workers) if cells else clean
+    return ExplainInputs(ds, loaded, module, loaded.spec, device, all_blocks, select_blocks(all_blocks, cfg.blocks),
+                         clean, images, ids, labels, masks)
 
-    p_true, pred, ratio, iou, i_pos = analyse(module, spec, images, labels, masks, blocks, states,
-                                              batch_size=cfg.batch_size, device=device)
-    groups = difficult_split(p_true, cfg.difficult_fraction)
-    scores = score_table(cfg.model, blocks, all_blocks, states, labels, groups, ratio, iou, i_pos)
-    samples = pd.DataFrame({"image_id": ids, "label": labels, "pred": pred, "p_true": p_true,
+
+def _samples_table(defn: Definition, inp: ExplainInputs, res: Analysis, groups, states) -> pd.DataFrame:
+    samples = pd.DataFrame({"image_id": inp.ids, "label": inp.labels, "pred": res.pred, "p_true": res.p_true,
                             "group": groups.astype(str)})
-    for b in blocks:
+    for b in inp.blocks:
         for s in states:
-            r = ratio[(b, s)]
-            samples[f"ecs/{b}/{s}"] = r / (1 + r) * iou[(b, s)]
+            samples[f"ecs/{b}/{s}"] = defn.sample_ecs(res.p_keep[(b, s)], res.p_drop[(b, s)], res.iou[(b, s)])
+    return samples
 
-    out.mkdir(parents=True, exist_ok=True)
-    from mamba_bench.analysis.plots import plot_flips, plot_scores
 
-    plots = [plot_scores(scores, out / "scores.png", cfg.model)]
-    flips = pd.DataFrame({"image_id": pd.Series(dtype="string"), "label": pd.Series(dtype="int64"),
-                          "clean_pred": pd.Series(dtype="int64"), "pred": pd.Series(dtype="int64"),
-                          "p_true": pd.Series(dtype="float64")})
-    if cells:
-        clean_pred = _predict(module, spec, clean, cfg.batch_size, device)
-        flipped = np.flatnonzero((clean_pred == labels) & (pred != labels))
-        flips = pd.DataFrame({"image_id": [ids[k] for k in flipped], "label": labels[flipped],
-                              "clean_pred": clean_pred[flipped], "pred": pred[flipped], "p_true": p_true[flipped]})
-        if len(flipped) and cfg.views > 0:
-            show = flipped[:cfg.views]
-            view_block = blocks[-1]
-            maps_true, p_t = _maps(module, spec, images[show], labels[show], view_block, cfg.view_state, device)
-            maps_pred, p_p = _maps(module, spec, images[show], pred[show], view_block, cfg.view_state, device)
-            plots.append(plot_flips(clean[show], images[show], maps_true, maps_pred, labels[show], pred[show],
-                                    p_t, p_p, ds.class_names, out / "flips.png",
-                                    f"{cfg.model}: {cfg.corruption} severity {cfg.severity}, Grad-ESC of "
-                                    f"state {cfg.view_state} in {view_block}"))
-    atomic_write_parquet(out / "samples.parquet", samples)
-    atomic_write_parquet(out / "flips.parquet", flips)
-    manifest = {
+def _flips_frame(flipped, inp: ExplainInputs, res: Analysis, clean_pred) -> pd.DataFrame:
+    if not len(flipped):
+        return pd.DataFrame({"image_id": pd.Series(dtype="string"), "label": pd.Series(dtype="int64"),
+                             "clean_pred": pd.Series(dtype="int64"), "pred": pd.Series(dtype="int64"),
+                             "p_true": pd.Series(dtype="float64")})
+    return pd.DataFrame({"image_id": [inp.ids[k] for k in flipped], "label": inp.labels[flipped],
+                         "clean_pred": clean_pred[flipped], "pred": res.pred[flipped], "p_true": res.p_true[flipped]})
+
+
+def _flips(cfg: ExplainConfig, defn: Definition, inp: ExplainInputs, res: Analysis, out: Path, plots: list):
+    """Images the corruption flips from right to wrong; ``flips.png`` (appended to ``plots``) shows
+    the first ``cfg.views`` of them with the maps of the true and of the predicted class."""
+    from mamba_bench.analysis.plots import plot_flips
+
+    clean_pred = _predict(inp.module, inp.spec, inp.clean, cfg.batch_size, inp.device)
+    flipped = np.flatnonzero((clean_pred == inp.labels) & (res.pred != inp.labels))
+    if len(flipped) and cfg.views > 0:
+        show = flipped[:cfg.views]
+        block, images = inp.blocks[-1], inp.images[show]
+        maps_true, p_t = _maps(defn, inp.module, inp.spec, images, inp.labels[show], block, cfg.view_state,
+                               inp.device)
+        maps_pred, p_p = _maps(defn, inp.module, inp.spec, images, res.pred[show], block, cfg.view_state, inp.device)
+        plots.append(plot_flips(inp.clean[show], images, maps_true, maps_pred, inp.labels[show], res.pred[show],
+                                p_t, p_p, inp.ds.class_names, out / "flips.png",
+                                f"{cfg.model}: {cfg.corruption} severity {cfg.severity}, Grad-ESC of state "
+                                f"{cfg.view_state} in {block} ({defn.name} definition)"))
+    return _flips_frame(flipped, inp, res, clean_pred)
+
+
+def _explain_manifest(cfg: ExplainConfig, defn: Definition, inp: ExplainInputs, states, flips, plots, t0) -> dict:
+    loaded, ds = inp.loaded, inp.ds
+    return {
         "command": "explain", "argv": sys.argv, "config": asdict(cfg), "result_config": result_config(cfg),
-        "device": str(device), "model": {"name": loaded.name, "weights": loaded.weights,
-                                                               "weights_sha256": loaded.weights_sha256},
-        "data": {"name": ds.name, "root": ds.root, "images": len(ids), "notes": ds.notes,
-                 "masks": "digit strokes" if cfg.masks is None and masks is not None else cfg.masks},
-        "blocks": blocks, "states": states, "flipped": int(len(flips)), "plots": [p.name for p in plots],
+        "definition": {"name": defn.name, "follows": defn.follows},
+        "device": str(inp.device), "model": {"name": loaded.name, "weights": loaded.weights,
+                                             "weights_sha256": loaded.weights_sha256},
+        "data": {"name": ds.name, "root": ds.root, "images": len(inp.ids), "notes": ds.notes,
+                 "masks": "digit strokes" if cfg.masks is None and inp.masks is not None else cfg.masks},
+        "blocks": inp.blocks, "states": states, "flipped": int(len(flips)), "plots": [p.name for p in plots],
         "seconds": round(time.perf_counter() - t0, 1), "environment": environment(), "git_commit": git_commit(),
     }
-    atomic_write_json(out / "manifest.json", manifest)
-    atomic_write_parquet(out / "scores.parquet", scores)  # the marker of a finished run: last
-    return {"out": out, "scores": scores, "samples": samples, "flips": flips, "plots": plots,
-            "masks": masks is not None, "resumed": False}
 
 
 def _cells(suite_path: str | None, names: list[str], severity: int):
@@ -403,21 +476,25 @@ def _cells(suite_path: str | None, names: list[str], severity: int):
 
 
 @torch.no_grad()
-def _predict(module, spec, images: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
-    preds = []
+def _probs(module, spec, images: np.ndarray, batch_size: int, device: torch.device) -> torch.Tensor:
+    """Softmax outputs (N, classes) on the CPU."""
+    out = []
     for a in range(0, len(images), batch_size):
         x = to_model_input(torch.from_numpy(images[a:a + batch_size]), spec, device)
-        preds.append(module(x).argmax(1).cpu())
-    return torch.cat(preds).numpy()
+        out.append(module(x).float().softmax(1).cpu())
+    return torch.cat(out)
 
 
-def _maps(module, spec, images: np.ndarray, targets: np.ndarray, block: str, state: str, device):
-    """Upsampled ``e⁺`` in [0, 1] (N, H, W) for ``targets`` and the targets' probabilities."""
+def _predict(module, spec, images: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
+    return _probs(module, spec, images, batch_size, device).argmax(1).numpy()
+
+
+def _maps(defn: Definition, module, spec, images: np.ndarray, targets: np.ndarray, block: str, state: str, device):
+    """The definition's view of the map (N, H, W) in [0, 1] for ``targets``, and their probabilities."""
     x = to_model_input(torch.from_numpy(images), spec, device)
     t = torch.from_numpy(np.asarray(targets, np.int64)).to(device)
-    corr = mender.state_correlations(module, x, t, [block], [state])
-    pos = mender.positive_negative(corr.external[(block, state)])[0]
-    maps = mender.upsample(pos, images.shape[1:3])[:, 0].clamp(0, 1).cpu().numpy()
+    corr = defn.correlations(module, x, t, [block], [state])
+    maps = defn.view_map(corr.external[(block, state)], images.shape[1:3]).clamp(0, 1).cpu().numpy()
     return maps, corr.probs.gather(1, t[:, None])[:, 0].cpu().numpy()
 
 
@@ -426,7 +503,8 @@ def _maps(module, spec, images: np.ndarray, targets: np.ndarray, block: str, sta
 
 @dataclass
 class RepairConfig:
-    """Mender's repair: fine-tune with the external loss on c and s and the internal loss on x."""
+    """Mender's repair: fine-tune with the external loss on c and s and the internal loss on x.
+    ``lambda_ext``/``lambda_int`` None: the definition's default weights."""
 
     model: str
     data: str
@@ -441,71 +519,74 @@ class RepairConfig:
     steps: int = 150
     lr: float = 1e-4
     train_batch: int = 32
-    lambda_ext: float = 1.0
-    lambda_int: float = 1.0
+    lambda_ext: float | None = None
+    lambda_int: float | None = None
     corruptions: list[str] | str = "all"
     severity: int = 3
     suite: str | None = None
     seed: int = 0
+    definition: str = DEFAULT
     device: str = "auto"
     cache_dir: str | None = None
     workers: int | None = None
     batch_size: int = 64
 
 
-#: Training images per class that the internal loss's class templates are averaged over.
-TEMPLATE_IMAGES = 50
 ARMS = {"ce": (False, False), "ext": (True, False), "int": (False, True), "all": (True, True)}
+#: The states of each loss (both definitions: ``train_repair.sh``'s external types ``c s``, internal ``x``).
+EXTERNAL_STATES, INTERNAL_STATES = ("c", "s"), ("x",)
 
 
-def default_repair_blocks(all_blocks: list[str]) -> list[str]:
-    """The deep blocks: those of the last two stages."""
-    stages = sorted({_stage(b) for b in all_blocks})
-    deep = set(stages[-2:])
-    return [b for b in all_blocks if _stage(b) in deep]
+def repair_blocks(defn: Definition, all_blocks: list[str], wanted: list[str] | None) -> tuple[list[str], list[str]]:
+    """(external, internal) loss blocks: ``wanted`` for both, else the definition's."""
+    if wanted:
+        chosen = select_blocks(all_blocks, wanted)
+        return chosen, chosen
+    return defn.repair_blocks(all_blocks)
 
 
-def class_templates(module, spec, images, labels, blocks, num_classes: int, *, batch_size: int, device,
-                    per_class: int = TEMPLATE_IMAGES):
-    """Per block, the class templates ``î`` (C, D): mean ``i⁺`` of the state x over each class's
-    correctly classified training images (all of its images when none is), from the first
-    ``per_class`` training images of each class."""
-    pick = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(num_classes)])
-    images, labels = images[pick], labels[pick]
-    _, pred, _, _, i_pos = analyse(module, spec, images, labels, None, blocks, ["x"], batch_size=batch_size,
-                                   device=device, ecs_states=())
+def class_templates(defn: Definition, module, spec, images, labels, blocks, num_classes: int, *, batch_size: int,
+                    device) -> dict[str, torch.Tensor]:
+    """Per block, the class templates (C, D) of the state x, from the training images the
+    definition picks (``defn.template_images`` per class)."""
+    pick = defn.pick_template_images(
+        labels, defn.template_images,
+        lambda: _probs(module, spec, images, batch_size, device).gather(1, torch.from_numpy(labels)[:, None])[:, 0])
+    lab = labels[pick]
+    res = analyse(defn, module, spec, images[pick], lab, None, blocks, list(INTERNAL_STATES), batch_size=batch_size,
+                  device=device, ecs_keys=())
+    correct = res.pred == lab
     out = {}
     for b in blocks:
-        ip = i_pos[(b, "x")]
-        t = torch.zeros(num_classes, ip.shape[1])
-        for c in range(num_classes):
-            idx = np.flatnonzero((labels == c) & (pred == c))
-            if not len(idx):
-                idx = np.flatnonzero(labels == c)
-            if len(idx):
-                t[c] = ip[torch.from_numpy(idx)].mean(0)
+        internal = res.internal[(b, INTERNAL_STATES[0])]
+        t = torch.zeros(num_classes, internal.shape[1])
+        for c in np.unique(lab):
+            idx = np.flatnonzero(lab == c)
+            t[c] = defn.template(internal[torch.from_numpy(idx)], correct[idx])
         out[b] = t.to(device)
     return out
 
 
-def repair_step_losses(module, x, y, masks, blocks, templates, use_ext: bool, use_int: bool):
+def repair_step_losses(defn: Definition, module, x, y, masks, ext_blocks, int_blocks, templates, use_ext: bool,
+                       use_int: bool):
     """(cross-entropy, external loss, internal loss) of one batch; the losses are 0 when unused."""
-    states = (["c", "s"] if use_ext else []) + (["x"] if use_int else [])
-    zero = torch.zeros((), device=x.device)
-    if not states:
-        return F.cross_entropy(module(x), y), zero, zero
-    corr = mender.state_correlations(module, x, y, blocks, states, keep_graph=True)
-    ce = F.nll_loss(corr.probs.clamp_min(1e-12).log(), y)
-    ext = sum((mender.external_loss(corr.external[(b, s)], masks) for b in blocks for s in ("c", "s")),
-              zero) / len(blocks) if use_ext else zero
-    itn = sum((mender.internal_loss(corr.internal[(b, "x")], templates[b][y]) for b in blocks), zero) / len(blocks) \
-        if use_int else zero
-    return ce, ext, itn
+    ext_keys = [(b, s) for b in ext_blocks for s in EXTERNAL_STATES] if use_ext else []
+    int_keys = [(b, s) for b in int_blocks for s in INTERNAL_STATES] if use_int else []
+    if not ext_keys and not int_keys:
+        zero = torch.zeros((), device=x.device)
+        return F.cross_entropy(module(x).float(), y), zero, zero
+    blocks = list(dict.fromkeys(b for b, _ in ext_keys + int_keys))
+    states = list(dict.fromkeys(s for _, s in ext_keys + int_keys))
+    corr = defn.correlations(module, x, y, blocks, states, keep_graph=True)
+    ext, itn = defn.repair_losses(corr, masks, y, ext_keys, int_keys, templates)
+    return F.cross_entropy(corr.logits, y), ext, itn
 
 
-def finetune_arm(base, spec, images, labels, masks, blocks, templates, arm: str, cfg: RepairConfig, device):
-    """A copy of ``base`` fine-tuned ``cfg.steps`` steps; the data order depends on the seed only
-    (every arm sees the same batches), so arms differ by their losses alone."""
+def finetune_arm(defn: Definition, base, spec, data, blocks, templates, arm: str, cfg: RepairConfig, device):
+    """A copy of ``base`` fine-tuned ``cfg.steps`` steps on ``data`` (images, labels, masks); the
+    data order depends on the seed only (every arm sees the same batches), so arms differ by their
+    losses alone. ``blocks``: (external, internal) loss blocks."""
+    images, labels, masks = data
     use_ext, use_int = ARMS[arm]
     model = copy.deepcopy(base).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.05)
@@ -521,7 +602,7 @@ def finetune_arm(base, spec, images, labels, masks, blocks, templates, arm: str,
         x = to_model_input(torch.from_numpy(images[idx]), spec, device)
         y = torch.from_numpy(labels[idx]).to(device)
         m = torch.from_numpy(masks[idx]).to(device)
-        ce, ext, itn = repair_step_losses(model, x, y, m, blocks, templates, use_ext, use_int)
+        ce, ext, itn = repair_step_losses(defn, model, x, y, m, *blocks, templates, use_ext, use_int)
         loss = ce + cfg.lambda_ext * ext + cfg.lambda_int * itn
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -554,20 +635,9 @@ def _train_set(cfg: RepairConfig, test: ImageSet, base):
     return x, y, foreground_masks(ds, x, ids, cfg.masks)
 
 
-def run_repair(cfg: RepairConfig, on_arm=None) -> dict:
-    """Fine-tune one copy of the model per arm and evaluate all of them, and the base, on the test
-    data, clean and corrupted, in one pass over the corrupted images."""
-    from mamba_bench.corruptions import load_suite
-    from mamba_bench.eval.corrupt import LoadedModel, default_workers, iterate_cells, resolve_device
-    from mamba_bench.models.weights import save_checkpoint
-
-    t0 = time.perf_counter()
-    out = Path(cfg.out)
-    done = finished_run(out, "explain --repair", result_config(cfg))
-    if done is not None:
-        return {"out": out, "table": pd.read_parquet(out / "repair.parquet"),
-                "history": pd.read_parquet(out / "history.parquet"), "blocks": done["blocks"],
-                "checkpoint": out / done["checkpoint"], "resumed": True}
+def check_repair(cfg: RepairConfig) -> tuple[RepairConfig, Definition]:
+    """The config with the definition's loss weights filled in, and the definition; bad options refused."""
+    defn = get_definition(cfg.definition)
     bad = [a for a in cfg.arms if a not in ARMS]
     if bad or not cfg.arms:
         raise MambaBenchError(f"unknown --arms {','.join(bad) or '(none)'}; valid: {', '.join(ARMS)}")
@@ -575,38 +645,87 @@ def run_repair(cfg: RepairConfig, on_arm=None) -> dict:
                     ("--batch-size", cfg.batch_size)):
         if v < 1:
             raise MambaBenchError(f"{name} must be >= 1, not {v}")
+    cfg = replace(cfg, lambda_ext=defn.lambda_ext if cfg.lambda_ext is None else cfg.lambda_ext,
+                  lambda_int=defn.lambda_int if cfg.lambda_int is None else cfg.lambda_int)
     if cfg.lr <= 0 or cfg.lambda_ext < 0 or cfg.lambda_int < 0:
         raise MambaBenchError("--lr must be > 0 and --lambda-ext / --lambda-int >= 0")
-    suite = load_suite(cfg.suite)
-    chosen = suite.select(cfg.corruptions)
-    cells = [(None, 0)] + [(c, s) for c in chosen for s in suite.severities(c, [cfg.severity])]
+    return cfg, defn
+
+
+def run_repair(cfg: RepairConfig, on_arm=None) -> dict:
+    """Fine-tune one copy of the model per arm and evaluate all of them, and the base, on the test
+    data, clean and corrupted, in one pass over the corrupted images."""
+    from mamba_bench.eval.corrupt import resolve_device
+
+    t0 = time.perf_counter()
+    cfg, defn = check_repair(cfg)
+    out = Path(cfg.out)
+    done = finished_run(out, "explain --repair", result_config(cfg))
+    if done is not None:
+        return {"out": out, "table": pd.read_parquet(out / "repair.parquet"),
+                "history": pd.read_parquet(out / "history.parquet"), "blocks": done["blocks"],
+                "checkpoint": out / done["checkpoint"], "resumed": True}
+    cells = _repair_cells(cfg)
     device = resolve_device(cfg.device)
-    workers = default_workers() if cfg.workers is None else cfg.workers
     test = open_dataset(cfg.data, per_class=cfg.per_class, seed=cfg.seed, labels=cfg.labels)
     base = resolve_model(cfg.model, cfg.weights, test, cache_dir=cfg.cache_dir, seed=cfg.seed)
-    spec = base.spec
-    module = base.module.to(device)
-    blocks = select_blocks(mender.mamba_blocks(module, cfg.model), cfg.blocks) if cfg.blocks \
-        else default_repair_blocks(mender.mamba_blocks(module, cfg.model))
-    tr_x, tr_y, tr_m = _train_set(cfg, test, base)
-    if tr_y.max() >= test.num_classes:
+    blocks = repair_blocks(defn, mender.mamba_blocks(base.module, cfg.model), cfg.blocks)
+    train = _train_set(cfg, test, base)
+    if train[1].max() >= test.num_classes:
         raise MambaBenchError("training labels exceed the model's classes")
-    templates = class_templates(module, spec, tr_x, tr_y, blocks, test.num_classes, batch_size=cfg.batch_size,
-                                device=device)
-    models = [LoadedModel("base", spec, module.eval(), base.weights, base.weights_sha256)]
+    models, history = _finetune_arms(cfg, defn, base, train, blocks, test.num_classes, device, on_arm)
+    df, n_test = _evaluate_arms(cfg, defn, test, models, cells, blocks, device)
+    every = list(dict.fromkeys(blocks[0] + blocks[1]))
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = _save_repaired(cfg, defn, out, models, test, base, every)
+    atomic_write_parquet(out / "history.parquet", pd.DataFrame(history))
+    atomic_write_json(out / "manifest.json", {
+        "command": "explain --repair", "argv": sys.argv, "config": asdict(cfg), "result_config": result_config(cfg),
+        "definition": {"name": defn.name, "follows": defn.follows}, "device": str(device), "blocks": every,
+        "external_blocks": blocks[0], "internal_blocks": blocks[1],
+        "cells": [[c.name if c else "clean", s] for c, s in cells], "test_images": n_test,
+        "train_images": len(train[1]), "checkpoint": ckpt.name, "seconds": round(time.perf_counter() - t0, 1),
+        "environment": environment(), "git_commit": git_commit()})
+    atomic_write_parquet(out / "repair.parquet", df)  # the marker of a finished run: last
+    return {"out": out, "table": df, "history": pd.DataFrame(history), "blocks": every, "checkpoint": ckpt,
+            "resumed": False}
+
+
+def _repair_cells(cfg: RepairConfig) -> list:
+    from mamba_bench.corruptions import load_suite
+
+    suite = load_suite(cfg.suite)
+    return [(None, 0)] + [(c, s) for c in suite.select(cfg.corruptions) for s in suite.severities(c, [cfg.severity])]
+
+
+def _finetune_arms(cfg: RepairConfig, defn: Definition, base, train, blocks, num_classes: int, device, on_arm):
+    """The base model and one fine-tuned copy per arm (as ``LoadedModel``s), and the loss history."""
+    from mamba_bench.eval.corrupt import LoadedModel
+
+    module = base.module.to(device)
+    templates = class_templates(defn, module, base.spec, train[0], train[1], blocks[1], num_classes,
+                                batch_size=cfg.batch_size, device=device)
+    models = [LoadedModel("base", base.spec, module.eval(), base.weights, base.weights_sha256)]
     history = []
     for arm in cfg.arms:
         if on_arm is not None:
             on_arm(arm)
-        m, h = finetune_arm(module, spec, tr_x, tr_y, tr_m, blocks, templates, arm, cfg, device)
-        models.append(LoadedModel(arm, spec, m, None, None))
+        m, h = finetune_arm(defn, module, base.spec, train, blocks, templates, arm, cfg, device)
+        models.append(LoadedModel(arm, base.spec, m, None, None))
         history += h
+    return models, history
 
+
+def _evaluate_arms(cfg: RepairConfig, defn: Definition, test: ImageSet, models, cells, blocks, device):
+    """Top-1 of the base and every arm, clean and mean corrupted, with their ECS and ICS; and the
+    number of test images."""
+    from mamba_bench.eval.corrupt import default_workers, iterate_cells
+
+    workers = default_workers() if cfg.workers is None else cfg.workers
     te_x, te_ids, te_y = load_images(test, workers)
     te_masks = foreground_masks(test, te_x, te_ids, cfg.masks if cfg.train_data is None else None)
     rows = {m.name: {"clean": np.nan, "corrupted": []} for m in models}
-    labels_t = torch.from_numpy(te_y)
-    for j, _, res in iterate_cells(te_x, te_ids, labels_t, cells, list(range(len(cells))), models,
+    for j, _, res in iterate_cells(te_x, te_ids, torch.from_numpy(te_y), cells, list(range(len(cells))), models,
                                    seed=cfg.seed, batch_size=cfg.batch_size, workers=workers, device=device):
         for name, r in res.items():
             top1 = float(np.mean(r["correct"])) * 100
@@ -616,40 +735,39 @@ def run_repair(cfg: RepairConfig, on_arm=None) -> dict:
                 rows[name]["corrupted"].append(top1)
     table = []
     for m in models:
-        ecs_v, ics_v = _repair_scores(m.module, spec, te_x, te_y, te_masks, blocks, device, cfg.batch_size)
+        ecs_v, ics_v = _repair_scores(defn, m.module, m.spec, te_x, te_y, te_masks, blocks, device, cfg.batch_size)
         corr = rows[m.name]["corrupted"]
         table.append({"arm": m.name, "clean_top1": rows[m.name]["clean"],
                       "corrupted_top1": float(np.mean(corr)) if corr else float("nan"),
                       "ecs": ecs_v, "ics": ics_v, "steps": 0 if m.name == "base" else cfg.steps})
     df = pd.DataFrame(table)
-    b = df.iloc[0]
-    df["clean_change"] = df.clean_top1 - b.clean_top1
-    df["corrupted_change"] = df.corrupted_top1 - b.corrupted_top1
-    out.mkdir(parents=True, exist_ok=True)
+    df["clean_change"] = df.clean_top1 - df.clean_top1.iloc[0]
+    df["corrupted_change"] = df.corrupted_top1 - df.corrupted_top1.iloc[0]
+    return df, len(te_y)
+
+
+def _save_repaired(cfg: RepairConfig, defn: Definition, out: Path, models, test: ImageSet, base, blocks):
+    """The ``all`` arm's model (else the last arm's) as ``repaired-<arm>.safetensors``."""
+    from mamba_bench.models.weights import save_checkpoint
+
     best = "all" if "all" in cfg.arms else cfg.arms[-1]
-    ckpt = save_checkpoint(next(m.module for m in models if m.name == best), out / f"repaired-{best}.safetensors",
+    return save_checkpoint(next(m.module for m in models if m.name == best), out / f"repaired-{best}.safetensors",
                            {"mamba_bench_model": cfg.model, "num_classes": str(test.num_classes),
                             "dataset": test.name, "repair_arm": best, "repaired_from": str(base.weights),
-                            "blocks": ",".join(blocks)})
-    atomic_write_parquet(out / "history.parquet", pd.DataFrame(history))
-    atomic_write_json(out / "manifest.json", {
-        "command": "explain --repair", "argv": sys.argv, "config": asdict(cfg), "result_config": result_config(cfg),
-        "device": str(device), "blocks": blocks,
-        "cells": [[c.name if c else "clean", s] for c, s in cells], "test_images": len(te_y),
-        "train_images": len(tr_y), "checkpoint": ckpt.name, "seconds": round(time.perf_counter() - t0, 1),
-        "environment": environment(), "git_commit": git_commit()})
-    atomic_write_parquet(out / "repair.parquet", df)  # the marker of a finished run: last
-    return {"out": out, "table": df, "history": pd.DataFrame(history), "blocks": blocks, "checkpoint": ckpt,
-            "resumed": False}
+                            "blocks": ",".join(blocks), "mender_definition": defn.name})
 
 
-def _repair_scores(module, spec, images, labels, masks, blocks, device, batch_size: int, limit: int = 200):
-    """Mean ECS over the repaired blocks' c and s states and mean ICS of their x state (first
-    ``limit`` test images): the scores the repair is meant to raise."""
-    _, _, ratio, iou, i_pos = analyse(module, spec, images[:limit], labels[:limit],
-                                      None if masks is None else masks[:limit], blocks, ["x", "c", "s"],
-                                      batch_size=batch_size, device=device, ecs_states=("c", "s"))
-    e = [np.nanmean(ratio[(b, s)] / (1 + ratio[(b, s)]) * iou[(b, s)]) for b in blocks for s in ("c", "s")]
-    i = [class_ics(i_pos[(b, "x")], labels[:limit])[0] for b in blocks]
+def _repair_scores(defn: Definition, module, spec, images, labels, masks, blocks, device, batch_size: int,
+                   limit: int = 200):
+    """Mean ECS of c and s over the external loss's blocks and mean ICS of x over the internal
+    loss's blocks (first ``limit`` test images): the scores the repair is meant to raise."""
+    ext_blocks, int_blocks = blocks
+    every = list(dict.fromkeys(ext_blocks + int_blocks))
+    ecs_keys = [(b, s) for b in ext_blocks for s in EXTERNAL_STATES]
+    res = analyse(defn, module, spec, images[:limit], labels[:limit], None if masks is None else masks[:limit],
+                  every, list(dict.fromkeys(INTERNAL_STATES + EXTERNAL_STATES)), batch_size=batch_size,
+                  device=device, ecs_keys=ecs_keys)
+    e = [defn.ecs(res.p_keep[k], res.p_drop[k], res.iou[k])[0] for k in ecs_keys]
+    i = [class_ics(defn, res.internal[(b, s)], labels[:limit])[0] for b in int_blocks for s in INTERNAL_STATES]
     with np.errstate(all="ignore"):
         return float(np.nanmean(e)) if masks is not None else float("nan"), float(np.nanmean(i))

@@ -13,7 +13,7 @@ from mamba_bench.results.plots import plt, save_figure
 STATE_LABELS = {"x": "x (in-proj)", "c": "c (conv)", "s": "s (scan)", "y": "y (block out)"}
 
 
-def plot_scores(scores: pd.DataFrame, path: Path, model: str) -> Path:
+def plot_scores(scores: pd.DataFrame, path: Path, model: str, definition: str | None = None) -> Path:
     """2×2: ECS of simple / difficult samples, ICS of simple / difficult samples, one line per state."""
     fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
     blocks = scores.drop_duplicates("index").sort_values("index")
@@ -34,7 +34,8 @@ def plot_scores(scores: pd.DataFrame, path: Path, model: str) -> Path:
                               fontsize=8)
                 ax.set_xlabel("block")
     axes[0, 0].legend(fontsize=8)
-    fig.suptitle(f"{model}: state correlation scores across blocks (Vision Mamba Mender)")
+    defined = f", {definition} definition" if definition else ""
+    fig.suptitle(f"{model}: state correlation scores across blocks (Vision Mamba Mender{defined})")
     return save_figure(fig, path)
 
 

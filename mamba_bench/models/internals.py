@@ -78,7 +78,7 @@ class SSMBlock:
 
 
 #: every name some family records
-INTERNALS = frozenset({"in", "x", "conv", "delta", "B", "C", "scan", "ssm", "z", "out"})
+INTERNALS = frozenset({"in", "x", "conv", "delta", "B", "C", "scan", "ssm", "ssm_norm", "z", "out"})
 
 
 def ssm_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -99,7 +99,7 @@ class Linear2d(nn.Linear):
 
 
 #: what a VMamba block records (see ``mamba_bench.models.internals``; v05_noz has no gate ``z``)
-VMAMBA_INTERNALS = frozenset({"in", "x", "conv", "delta", "B", "C", "scan", "ssm", "out"})
+VMAMBA_INTERNALS = frozenset({"in", "x", "conv", "delta", "B", "C", "scan", "ssm", "ssm_norm", "out"})
 
 
 class SS2D(nn.Module):
@@ -176,6 +176,8 @@ class SS2D(nn.Module):
         if rec is not None:
             rec.put(self._record_name, "ssm", y)
         y = self.out_norm(y).to(x.dtype)
+        if rec is not None:
+            rec.put(self._record_name, "ssm_norm", y)
         return self.out_proj(y)
 
     def _forward_triton_inference(self, x: torch.Tensor) -> torch.Tensor:

@@ -185,7 +185,8 @@ def _explain_section(doc: _Doc, run: Run, out: Path) -> None:
               ("weights", man.get("model", {}).get("weights")), ("data", man.get("data", {}).get("root")),
               ("images", man.get("data", {}).get("images")), ("masks", man.get("data", {}).get("masks")),
               ("corruption", f"{cfg.get('corruption')} severity {cfg.get('severity')}" if cfg.get("corruption")
-               else "none (clean images)"), ("flipped right → wrong", man.get("flipped"))])
+               else "none (clean images)"), ("flipped right → wrong", man.get("flipped")),
+              ("Mender definition", _definition(cfg))])
     sc = run.tables["scores"]
     wide = sc[sc.group != "all"].pivot_table(index=["index", "block", "state"], columns="group",
                                              values=["ecs", "ics"], sort=False)
@@ -202,11 +203,16 @@ def _repair_section(doc: _Doc, run: Run, out: Path) -> None:
     cfg = man.get("config", {})
     doc.meta([("path", run.path), ("model", cfg.get("model")), ("repaired blocks", ", ".join(man.get("blocks", []))),
               ("steps per arm", cfg.get("steps")), ("test images", man.get("test_images")),
-              ("corrupted cells", len(man.get("cells", [])) - 1)])
+              ("corrupted cells", len(man.get("cells", [])) - 1), ("Mender definition", _definition(cfg))])
     df = run.tables["repair"]
     doc.heading(3, "Accuracy before and after the repair")
     doc.table(df[["arm", "clean_top1", "clean_change", "corrupted_top1", "corrupted_change", "ecs", "ics"]],
               "{:.3f}")
+
+
+def _definition(cfg: dict) -> str:
+    """The run's Mender definition; runs made before definitions existed used the seed's reading."""
+    return cfg.get("definition") or "seed (recorded before --definition existed)"
 
 
 def _plots(doc: _Doc, run: Run, out: Path) -> None:
