@@ -49,14 +49,15 @@ def test_parameter_counts_are_the_releases():
 
 def test_registry_entries_carry_release_and_preprocessing():
     t = get_spec("vim-t")
-    assert t.weights_url == "https://huggingface.co/hustvl/Vim-tiny-midclstok/resolve/main/vim_t_midclstok_76p1acc.pth"
+    assert (t.hf_hub_id, t.hf_hub_filename) == ("hustvl/Vim-tiny-midclstok", "vim_t_midclstok_76p1acc.pth")
     assert (t.input_size, t.crop_pct, t.interpolation, t.family) == (224, 0.875, "bicubic", "vim")
     assert get_spec("vim-t-plus").weights_file == "vim_t_midclstok_ft_78p3acc.pth"
     assert get_spec("vim-b").weights_file == "vim_b_midclstok_81p9acc.pth"
     # MambaVision's own default_cfgs: crop 1.0 (T, B, L, L2), 0.98 (T2), 0.93 (S)
     assert [get_spec(f"mambavision-{s}").crop_pct for s in ("t", "t2", "s", "b", "l", "l2")] == [
         1.0, 0.98, 0.93, 1.0, 1.0, 1.0]
-    assert get_spec("mambavision-l2").weights_url.endswith("L2-1K/resolve/main/mambavision_large2_1k.pth.tar")
+    l2 = get_spec("mambavision-l2")
+    assert (l2.hf_hub_id, l2.hf_hub_filename) == ("nvidia/MambaVision-L2-1K", "mambavision_large2_1k.pth.tar")
     assert get_spec("vim-s").timm_name == "vim_small_patch16_224"
     assert get_spec("mambavision-nano").build().pretrained_cfg["first_conv"] == "patch_embed.conv_down.0"
 
@@ -203,15 +204,16 @@ def test_capture_internals_mambavision_with_window_padding(nanos):
 
 @pytest.mark.parametrize("name", ["vim-nano", "mambavision-nano"])
 def test_mender_state_correlations_run_on_the_new_families(nanos, name):
-    from mamba_bench.analysis import mender
+    from mamba_bench.analysis.definitions import get_definition
 
     model = nanos[name]
     blocks = [n for n, _ in ssm_blocks(model)]
     x, target = torch.randn(3, 3, 64, 64), torch.tensor([0, 4, 7])
-    corr = mender.state_correlations(model, x, target, blocks, ["x", "c", "s", "y"])
-    e = corr.external[(blocks[0], "s")]
-    assert e.shape == ((3, 8, 8) if name == "vim-nano" else (3, 4, 4)) and torch.isfinite(e).all()
-    assert corr.internal[(blocks[-1], "c")].abs().sum() > 0
+    for definition in ("official", "seed"):
+        corr = get_definition(definition).correlations(model, x, target, blocks, ["x", "c", "s", "y"])
+        e = corr.external[(blocks[0], "s")]
+        assert e.shape == ((3, 8, 8) if name == "vim-nano" else (3, 4, 4)) and torch.isfinite(e).all()
+        assert corr.internal[(blocks[-1], "c")].abs().sum() > 0
 
 
 # -- timm interop (what timm's own model tests check) --------------------------------------------
@@ -258,7 +260,7 @@ def test_timm_names_of_the_released_configs(timm_registered):
     assert {"vmamba_tiny_s1l8", "vim_tiny_patch16_224", "vim_small_patch16_stride8_224", "mambavision_large2"} <= set(
         timm.list_models(pretrained=True))
     cfg = timm.models.get_pretrained_cfg("mambavision_small")
-    assert (cfg.crop_pct, cfg.interpolation, cfg.url) == (0.93, "bicubic", get_spec("mambavision-s").weights_url)
+    assert (cfg.crop_pct, cfg.interpolation, cfg.hf_hub_id) == (0.93, "bicubic", get_spec("mambavision-s").hf_hub_id)
     model = timm.create_model("vmamba_tiny_s1l8", pretrained=False)
     assert type(model).__name__ == "VMamba" and model.num_features == 768 and model.num_classes == 1000
     with pytest.raises(RuntimeError, match="no released weights"):

@@ -9,11 +9,21 @@ import torch.nn.functional as F
 from mamba_bench.models.registry import ModelSpec
 
 
+def hub_fields(ref: str | None) -> dict:
+    """A release on the Hugging Face Hub, ``ORG/REPO/FILE``, as the spec's hub fields (the hub's address is
+    huggingface_hub's business: its cache, ``HF_ENDPOINT`` mirrors, ``HF_HUB_OFFLINE``)."""
+    if not ref:
+        return {}
+    org, repo, file = ref.split("/", 2)
+    return {"hf_hub_id": f"{org}/{repo}", "hf_hub_filename": file, "weights_file": file}
+
+
 def pretrained_cfg(spec: ModelSpec, *, architecture: str, first_conv: str, classifier: str,
                    fixed_input_size: bool = False, **extra) -> dict:
     """timm's ``pretrained_cfg`` dict for a registry entry (preprocessing and weights from the spec)."""
     return {
-        "url": spec.weights_url or "", "file": None, "hf_hub_id": None, "architecture": architecture, "tag": None,
+        "url": spec.weights_url or "", "file": None, "hf_hub_id": spec.hf_hub_id,
+        "hf_hub_filename": spec.hf_hub_filename, "architecture": architecture, "tag": None,
         "num_classes": spec.num_classes, "input_size": (3, spec.input_size, spec.input_size),
         "fixed_input_size": fixed_input_size, "interpolation": spec.interpolation, "crop_pct": spec.crop_pct,
         "crop_mode": "center", "mean": tuple(spec.mean), "std": tuple(spec.std), "pool_size": None,

@@ -42,7 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mamba_bench.models.family import DropPath, depthwise_conv1d, pretrained_cfg
+from mamba_bench.models.family import DropPath, depthwise_conv1d, hub_fields, pretrained_cfg
 from mamba_bench.models.internals import SSMBlock
 from mamba_bench.models.registry import ModelSpec, get_spec, register
 from mamba_bench.ops.selective_scan import selective_scan
@@ -387,7 +387,7 @@ class MambaVision(nn.Module):
 
 
 # -- registry entries ------------------------------------------------------------------------------
-HF = "https://huggingface.co/nvidia/{repo}/resolve/main/{file}"
+HF = "nvidia/{repo}/{file}"  # Hugging Face Hub repository / file
 _HEADS_S, _HEADS_L = (2, 4, 8, 16), (4, 8, 16, 32)
 
 #: name → (official entry point, config, release URL or None, crop_pct, reported ImageNet-1k top-1, timm name)
@@ -439,8 +439,8 @@ def _register() -> None:
         if nano:
             desc = f"MambaVision (mamba-bench nano): depths {list(cfg.depths)}, dim {cfg.dim}; for 64 px embedded data"
         register(ModelSpec(name, _builder(name, cfg), desc, "mambavision", num_classes=10 if nano else 1000,
-                           input_size=64 if nano else 224, crop_pct=crop, interpolation="bicubic", weights_url=url,
-                           weights_file=url.rsplit("/", 1)[-1] if url else None, timm_name=timm_name,
+                           input_size=64 if nano else 224, crop_pct=crop, interpolation="bicubic",
+                           **hub_fields(url), timm_name=timm_name,
                            diagnose=diagnose_checkpoint))
 
 

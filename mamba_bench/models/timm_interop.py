@@ -73,11 +73,11 @@ def _entry_point(timm_name: str):
             raise TypeError(f"{timm_name} takes num_classes, drop_path_rate, in_chans=3; not {', '.join(kwargs)}")
         model = cls(replace(cfg, **overrides), num_classes=spec.num_classes if pretrained else num_classes)
         if pretrained:
-            if spec.weights_url is None:
-                raise RuntimeError(f"{timm_name} ({name}) has no released weights")
-            from mamba_bench.models.weights import load_weights_into
+            from mamba_bench.models.weights import load_weights_into, release_ref
 
-            load_weights_into(model, spec.weights_url, spec, cache_dir=None if cache_dir is None else str(cache_dir))
+            if release_ref(spec) is None:
+                raise RuntimeError(f"{timm_name} ({name}) has no released weights")
+            load_weights_into(model, release_ref(spec), spec, cache_dir=None if cache_dir is None else str(cache_dir))
             if num_classes != spec.num_classes:
                 model.reset_classifier(num_classes)
         cfg_dict = default_cfgs[timm_name].default.to_dict()

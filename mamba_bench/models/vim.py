@@ -42,7 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mamba_bench.models.family import DropPath, depthwise_conv1d, pretrained_cfg
+from mamba_bench.models.family import DropPath, depthwise_conv1d, hub_fields, pretrained_cfg
 from mamba_bench.models.internals import SSMBlock
 from mamba_bench.models.registry import ModelSpec, get_spec, register
 from mamba_bench.ops.selective_scan import selective_scan
@@ -324,7 +324,7 @@ class VisionMamba(nn.Module):
 
 
 # -- registry entries ------------------------------------------------------------------------------
-HF = "https://huggingface.co/hustvl/{repo}/resolve/main/{file}"
+HF = "hustvl/{repo}/{file}"  # Hugging Face Hub repository / file
 
 #: name → (official config / release, config, release URL or None, reported ImageNet-1k top-1, timm name)
 VIM_VARIANTS: dict[str, tuple[str, VimConfig, str | None, float | None, str]] = {
@@ -368,8 +368,7 @@ def _register() -> None:
                                                                   else "; for 64 px embedded data"))
         register(ModelSpec(name, _builder(name, cfg), desc, "vim", num_classes=10 if nano else 1000,
                            input_size=cfg.img_size, crop_pct=1.0 if nano else 0.875, interpolation="bicubic",
-                           weights_url=url, weights_file=url.rsplit("/", 1)[-1] if url else None,
-                           timm_name=timm_name, diagnose=diagnose_checkpoint))
+                           **hub_fields(url), timm_name=timm_name, diagnose=diagnose_checkpoint))
 
 
 def infer_config(state: dict[str, torch.Tensor]) -> tuple | None:
