@@ -47,7 +47,7 @@ def summaries(model, images: torch.Tensor, batch: int = 64) -> dict[str, list[to
         x = images[a:a + batch]
         with capture_internals(model, names={"delta", "B", "C"}) as rec:
             feats = model.forward_features(x)
-        pooled = model.classifier.avgpool(model.classifier.norm(feats)).flatten(1)
+        pooled = model.forward_head(feats, pre_logits=True)
         per_block = {k: [rec[blk][k].float().mean(-1).flatten(1) for blk in rec.blocks()] for k in ("delta", "B", "C")}
         for k, v in per_block.items():
             out[k].append(v)

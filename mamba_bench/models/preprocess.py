@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +23,8 @@ def image_for_spec(img, spec: ModelSpec):
     size = spec.input_size
     if spec.resize_mode == "stretch":
         return stretch_resize(img, size, spec.interpolation)
-    return eval_preprocess(img, image_size=size, resize=max(size, int(round(size / spec.crop_pct))))
+    # floor, as timm's transforms_factory and the official Vim / MambaVision evaluation (round gave 229 for 0.98)
+    return eval_preprocess(img, image_size=size, resize=max(size, math.floor(size / spec.crop_pct)))
 
 
 @functools.lru_cache(maxsize=64)
