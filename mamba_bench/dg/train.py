@@ -45,7 +45,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mamba_bench.dg.algorithms import get_algorithm
-from mamba_bench.dg.data import DGDataset, Domain, seed_hash
+from mamba_bench.dg.data import DGDataset, Domain, cell_splits, seed_hash
 from mamba_bench.errors import MambaBenchError, RunDirError
 from mamba_bench.results.store import atomic_write_bytes, atomic_write_json
 
@@ -72,6 +72,7 @@ class DGTrainConfig:
     eval_every: int = 50
     augment: str = "imagenet"
     hparams: dict = field(default_factory=dict)
+    protocol: str = "domainbed"     # splits (see mamba_bench.dg.data): domainbed, dgmamba or ours
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True, default=list).encode()).hexdigest()[:16]
@@ -182,8 +183,8 @@ def evaluate(model: nn.Module, ds: DGDataset, splits: dict, source: ImageSource,
     model.eval()
     rows = []
     for d in ds.domains:
-        for split in ("in", "out"):
-            idx = np.asarray(splits[d.name][split], np.int64)
+        for split, keys in splits[d.name].items():
+            idx = np.asarray(keys, np.int64)
             correct = 0
             for a in range(0, len(idx), batch):
                 part = idx[a:a + batch]
@@ -232,11 +233,8 @@ def train_cell(cfg: DGTrainConfig, ds: DGDataset, out: Path, *, device: torch.de
     atomic_write_json(conf_path, json.loads(json.dumps(conf, default=list)))
 
     test_i = ds.index(cfg.test_domain)
-    splits = {}
-    for i, d in enumerate(ds.domains):
-        a, b = d.split(cfg.seed, i)
-        splits[d.name] = {"in": a.tolist(), "out": b.tolist()}
-    split_sizes = {k: {"in": len(v["in"]), "out": len(v["out"])} for k, v in splits.items()}
+    splits = cell_splits(ds, cfg.protocol, cfg.seed, cfg.test_domain)
+    split_sizes = {k: {name: len(idx) for name, idx in v.items()} for k, v in splits.items()}
     spec = get_spec(cfg.init)
     mean, std = spec.mean, spec.std
     algo = get_algorithm(cfg.algorithm)
