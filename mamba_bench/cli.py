@@ -454,23 +454,25 @@ def dg_train_cmd(
                       + f"; tables: mamba-bench dg-eval {out}")
 
 
-def _print_dg(res: dict, selection: str, run: Path, fmt: str = "table") -> None:
-    """dg-eval's tables: accuracy per test domain (mean ± std over seeds) and the domain gap."""
-    from mamba_bench.dg.run import summary_table
+def _print_dg(res: dict, selection: str, run: Path, fmt: str = "table", error_bar: str = "sem") -> None:
+    """dg-eval's tables: accuracy per test domain (mean ± error bar over seeds) and the domain gap."""
+    from mamba_bench.dg.run import ERROR_BARS, summary_table
 
-    header, body = summary_table(res["frame"], selection)
+    header, body = summary_table(res["frame"], selection, error_bar)
     gap_df = res.get("gap")
     if fmt == "json":
         print(json.dumps({"results": res["results"], "plot": res["plot"], "selection": selection,
+                          "error_bar": error_bar,
                           "table": [dict(zip(header, r, strict=True)) for r in body],
                           "gap": None if gap_df is None else gap_df.to_dict("records")}, indent=2))
         return
     if fmt == "markdown":
+        print(f"Test-domain top-1 (%), {selection} selection, mean ± {ERROR_BARS[error_bar]}:\n")
         print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
         for r in body:
             print("| " + " | ".join(r) + " |")
     else:
-        table = Table(title=f"test-domain top-1 (%), {selection} selection, mean ± std over seeds — {run}")
+        table = Table(title=f"test-domain top-1 (%), {selection} selection, mean ± {ERROR_BARS[error_bar]} — {run}")
         for c in header:
             table.add_column(c, justify="right")
         for r in body:
@@ -499,21 +501,25 @@ def dg_eval_cmd(
     data_root: Annotated[str | None, typer.Option(help="Data root for --gap (default: the run's).")] = None,
     gap_samples: Annotated[int, typer.Option(help="Images per side for --gap.")] = 100,
     selection: Annotated[str, typer.Option(help="training-domain, oracle or last.")] = "training-domain",
+    error_bar: Annotated[str, typer.Option(help="sem: standard error over seeds, as DomainBed's collect_results "
+                                                "(population std / sqrt(seeds)); std: population std.")] = "sem",
     device: DeviceOpt = "auto",
     fmt: FormatOpt = "table",
 ) -> None:
-    """Per-domain accuracy table (mean ± std over seeds), dg_results.parquet, bar chart; --gap: MMD table."""
-    from mamba_bench.dg.run import SELECTIONS, dg_eval
+    """Per-domain accuracy table (mean ± standard error over seeds), dg_results.parquet, bar chart; --gap: MMD."""
+    from mamba_bench.dg.run import ERROR_BARS, SELECTIONS, dg_eval
     from mamba_bench.eval.corrupt import resolve_device
 
     _check_format(fmt)
+    if error_bar not in ERROR_BARS:
+        raise MambaBenchError(f"unknown --error-bar {error_bar!r}; valid: {', '.join(ERROR_BARS)}")
     if selection not in SELECTIONS:
         raise MambaBenchError(f"unknown --selection {selection!r}; valid: {', '.join(SELECTIONS)}")
     _positive("--gap-samples", gap_samples)
     res = dg_eval(run, gap=gap, data_root=data_root, gap_samples=gap_samples, device=resolve_device(device))
     for p in res["pending"]:
         print(f"mamba-bench: note: {run / p} is still in progress (not in the tables)", file=sys.stderr)
-    _print_dg(res, selection, run, fmt)
+    _print_dg(res, selection, run, fmt, error_bar)
     if fmt == "table":
         out_console.print(f"wrote {res['results']}" + (f", {res['plot']}" if res["plot"] else ""))
 

@@ -367,7 +367,9 @@ def test_summary_avg_counts_only_seeds_complete_for_every_domain():
     header, body = summary_table(df)
     assert header == ["algorithm", "A", "B", "Avg"]
     rows = {r[0]: r for r in body}
-    assert rows["erm"][1] == "85.00 ± 5.00" and rows["erm"][2] == "60.00"
+    # DomainBed's error bar: population std (5.00) / sqrt(2 seeds)
+    assert rows["erm"][1] == "85.00 ± 3.54" and rows["erm"][2] == "60.00"
+    assert {r[0]: r for r in summary_table(df, error="std")[1]}["erm"][1] == "85.00 ± 5.00"
     assert rows["erm"][3] == "70.00"  # seed 1 (A only) would pull it to 80.00 ± 10.00
     assert rows["dsu"][1:] == ["50.00", "—", "—"]
 
@@ -398,7 +400,13 @@ def test_dg_train_and_eval_cli(tmp_path, cli):
     head = df[(df.selection == "training-domain") & df.is_test & (df.split == "in")]
     erm = head[head.algorithm == "erm"].accuracy
     row = next(t for t in res["table"] if t["algorithm"] == "erm")
+    assert res["error_bar"] == "sem"  # DomainBed's standard error over seeds by default
+    assert row["75deg"] == f"{erm.mean():.2f} ± {erm.std(ddof=0) / np.sqrt(2):.2f}"
+    r = cli("dg-eval", str(out), "--format", "json", "--error-bar", "std")
+    row = next(t for t in json.loads(r.stdout)["table"] if t["algorithm"] == "erm")
     assert row["75deg"] == f"{erm.mean():.2f} ± {erm.std(ddof=0):.2f}"
+    r = cli("dg-eval", str(out), "--error-bar", "ci")
+    assert r.returncode == 2 and "unknown --error-bar 'ci'; valid: sem, std" in r.stderr
     gap = pd.read_parquet(out / "dg_gap.parquet")
     assert len(gap) == 4 and np.isfinite(gap[["delta", "B", "C", "feat"]].to_numpy()).all()
     assert (out / "dg_results.png").stat().st_size > 1000
