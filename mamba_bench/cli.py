@@ -398,20 +398,29 @@ def dg_train_cmd(
     weights: Annotated[str | None, typer.Option(help="Pre-trained weights of --init (e.g. vssm1_tiny_0230s.pth); "
                                                      "default: random init.")] = None,
     seeds: Annotated[str, typer.Option(help="Trial seeds, comma-separated (split, init, data order).")] = "0",
-    steps: Annotated[int, typer.Option()] = 300,
-    batch_size: Annotated[int, typer.Option(help="Images per training domain per step.")] = 32,
-    lr: Annotated[float, typer.Option()] = 3e-4,
-    weight_decay: Annotated[float, typer.Option()] = 0.05,
+    recipe: Annotated[str, typer.Option(help="ours (AdamW 3e-4, cosine), domainbed (DomainBed's ERM: Adam 5e-5, "
+                                             "5001 steps) or dgmamba (DGMamba's: drop-path, Mixup/CutMix); the "
+                                             "options below override its values.")] = "ours",
+    protocol: Annotated[str | None, typer.Option(
+        help="Splits and evaluation points: domainbed (DomainBed's splits, evaluated after the first update and "
+             "every --eval-every), dgmamba (stratified source splits, whole test domain) or ours (the earlier "
+             "splits). Default: the recipe's (dgmamba for --recipe dgmamba, else domainbed).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Default: the recipe's (ours 300).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per training domain per step "
+                                                        "(default: the recipe's, ours 32).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Default: the recipe's (ours 3e-4).")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="Default: the recipe's (ours 0.05).")] = None,
     image_size: Annotated[int | None, typer.Option(help="Default: --init's input size.")] = None,
-    eval_every: Annotated[int | None, typer.Option(help="Steps between evaluations (default steps/10).")] = None,
-    augment: Annotated[str | None, typer.Option(help="imagenet or none (default: none for rotated-digits).")] = None,
+    eval_every: Annotated[int | None, typer.Option(help="Steps between evaluations (default: the recipe's; "
+                                                        "ours steps/10).")] = None,
+    augment: Annotated[str | None, typer.Option(help="imagenet, domainbed or none (default: the recipe's; none "
+                                                     "for rotated-digits).")] = None,
     hparam: Annotated[list[str] | None, typer.Option(
         help="Algorithm hyper-parameter KEY=JSON, e.g. start_ratio=0.3, start_stages=[0,1]; repeat.")] = None,
     device: DeviceOpt = "auto",
     threads: Annotated[int, typer.Option(help="Image-decoding threads.")] = 8,
 ) -> None:
     """Leave-one-domain-out training (DomainBed protocol) of each algorithm × test domain × seed."""
-    from mamba_bench.dg.data import EMBEDDED_DG
     from mamba_bench.dg.run import dg_train
     from mamba_bench.dg.train import DGTrainConfig
     from mamba_bench.eval.corrupt import resolve_device
@@ -423,16 +432,24 @@ def dg_train_cmd(
         raise MambaBenchError(f"--seeds takes integers, e.g. 0,1,2; got {seeds!r}") from None
     if not seed_list:
         raise MambaBenchError("--seeds is empty")
-    for name, v in (("--steps", steps), ("--batch-size", batch_size), ("--lr", lr), ("--threads", threads)):
+    from mamba_bench.dg.recipes import recipe_defaults
+
+    rd = recipe_defaults(recipe, dataset)
+    given = {"steps": steps, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+             "eval_every": eval_every, "augment": augment, "protocol": protocol}
+    r = {**rd, **{k: v for k, v in given.items() if v is not None}}  # 0 is refused below, not the default
+    for name, v in (("--steps", r["steps"]), ("--batch-size", r["batch_size"]), ("--lr", r["lr"]),
+                    ("--threads", threads)):
         _positive(name, v)
     spec = get_spec(init)
     size = spec.input_size if image_size is None else image_size  # 0 is refused, not the default
     _positive("--image-size", size)
-    every = max(1, steps // 10) if eval_every is None else eval_every
+    every = max(1, r["steps"] // 10) if r["eval_every"] is None else r["eval_every"]
     _positive("--eval-every", every)
     base = DGTrainConfig(dataset=dataset, algorithm="erm", test_domain="", seed=0, init=init, weights=weights,
-                         steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, image_size=size,
-                         eval_every=every, augment=augment or ("none" if dataset in EMBEDDED_DG else "imagenet"),
+                         steps=r["steps"], batch_size=r["batch_size"], lr=r["lr"], weight_decay=r["weight_decay"],
+                         label_smoothing=r["label_smoothing"], image_size=size, eval_every=every,
+                         augment=r["augment"], protocol=r["protocol"], recipe=recipe,
                          hparams=_parse_hparams(hparam))
     dev = resolve_device(device)
     algorithms = _split(algorithm) or ["erm"]

@@ -164,12 +164,12 @@ def test_train_cell_resume_is_exact(tmp_path):
     class Stop(Exception):
         pass
 
-    def stop_at_4(c, step, loss, rows):
-        if step == 4:
+    def stop_at_3(c, step, loss, rows):
+        if step == 3:
             raise Stop
 
     with pytest.raises(Stop):
-        train_cell(cfg, ds, tmp_path / "b", device=torch.device("cpu"), on_eval=stop_at_4)
+        train_cell(cfg, ds, tmp_path / "b", device=torch.device("cpu"), on_eval=stop_at_3)
     assert not (cfg.cell_dir(tmp_path / "b") / "last.pt").exists()
     resumed = train_cell(cfg, ds, tmp_path / "b", device=torch.device("cpu"))
     assert full["best_step"] == resumed["best_step"] and full["train_val"] == resumed["train_val"]
@@ -180,7 +180,8 @@ def test_train_cell_resume_is_exact(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     ev_a = json.loads((cfg.cell_dir(tmp_path / "a") / "evals.json").read_text())["evals"]
     ev_b = json.loads((cfg.cell_dir(tmp_path / "b") / "evals.json").read_text())["evals"]
-    assert ev_a == ev_b and sorted({e["step"] for e in ev_a}) == [2, 4, 6]
+    # DomainBed's evaluation points: after the first update, then every eval_every, and the last
+    assert ev_a == ev_b and sorted({e["step"] for e in ev_a}) == [1, 3, 5, 6]
     # complete cells are skipped; a changed configuration in the same place is refused
     assert train_cell(cfg, ds, tmp_path / "a", device=torch.device("cpu"))["skipped"]
     from mamba_bench.errors import RunDirError
@@ -194,12 +195,12 @@ def test_a_cell_refused_before_its_first_step_does_not_bind_its_out(tmp_path):
     from mamba_bench.errors import MambaBenchError
 
     ds = rotated_digits()
-    cfg = replace(TINY, algorithm="start-m", steps=2, eval_every=2)
+    cfg = replace(TINY, algorithm="start-m", steps=1, eval_every=1)
     with pytest.raises(MambaBenchError, match="start_ratio must be in"):
         train_cell(replace(cfg, hparams={"start_ratio": 5}), ds, tmp_path, device=torch.device("cpu"))
     assert (cfg.cell_dir(tmp_path) / "config.json").exists()
     done = train_cell(replace(cfg, hparams={"start_ratio": 0.3}), ds, tmp_path, device=torch.device("cpu"))
-    assert done["best_step"] == 2 and (cfg.cell_dir(tmp_path) / "last.pt").exists()
+    assert done["best_step"] == 1 and (cfg.cell_dir(tmp_path) / "last.pt").exists()
 
 
 def _crash_writing(monkeypatch, name: str):
@@ -236,7 +237,7 @@ def test_crash_between_state_and_best_is_repaired_on_resume(tmp_path, monkeypatc
     from mamba_bench.models.weights import checkpoint_metadata
 
     ds = rotated_digits()
-    cfg = replace(TINY, steps=2)
+    cfg = replace(TINY, steps=1)
     cell = cfg.cell_dir(tmp_path)
     with monkeypatch.context() as m:
         _crash_writing(m, "best.pt")
@@ -245,7 +246,7 @@ def test_crash_between_state_and_best_is_repaired_on_resume(tmp_path, monkeypatc
     # state.pt is written first, best.pt after it: the crash left the state and no (partial) best.pt
     assert sorted(p.name for p in cell.iterdir()) == ["config.json", "state.pt"]
     res = train_cell(cfg, ds, tmp_path, device=torch.device("cpu"))
-    assert res["best_step"] == 2 and checkpoint_metadata(cell / "best.pt")["step"] == "2"
+    assert res["best_step"] == 1 and checkpoint_metadata(cell / "best.pt")["step"] == "1"
     best, last = load_file(cell / "best.pt"), load_file(cell / "last.pt")
     assert best.keys() == last.keys() and all(torch.equal(best[k], last[k]) for k in best)
 

@@ -2,11 +2,23 @@
 the DGMamba recipe, DSU's official positions and START's two readings of its open choices."""
 
 import hashlib
+import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
-from mamba_bench.dg.data import Domain, cell_splits, rotated_digits, seed_hash
+from mamba_bench.dg.data import DGDataset, Domain, cell_splits, rotated_digits, seed_hash
+from mamba_bench.dg.recipes import (
+    build_optimizer,
+    dgmamba_lr,
+    get_recipe,
+    mixup_cutmix,
+    recipe_defaults,
+    set_drop_path,
+)
+from mamba_bench.dg.train import DGTrainConfig, eval_due, train_cell
 
 
 def _domainbed_seed_hash(*args) -> int:
@@ -52,3 +64,182 @@ def test_dgmamba_split_is_stratified_and_keeps_the_test_domain_whole():
     d0, d1 = ds.domains[0], ds.domains[1]
     assert np.array_equal(d0._stratified_split(0)[1], d0.split(0, 3, "dgmamba")[1])
     assert s[d1.name] != cell_splits(ds, "dgmamba", 1, "75deg")[d1.name]
+
+
+# -- evaluation points, recipes -----------------------------------------------------------------------------
+
+
+def _tiny_ds(n: int = 12, size: int = 32, domains: int = 3) -> DGDataset:
+    """A few random 32 px images per domain: training and evaluating a cell costs well under a second."""
+    rng = np.random.default_rng(0)
+    doms = [Domain(f"d{k}", np.arange(n) % 2, arrays=rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8))
+            for k in range(domains)]
+    return DGDataset("tiny", "memory", doms, ["a", "b"])
+
+
+TINY = DGTrainConfig(dataset="tiny", algorithm="erm", test_domain="d2", seed=0, init="vmamba-nano", steps=5,
+                     batch_size=2, image_size=32, eval_every=2, augment="none")
+
+
+def test_domainbed_evaluation_points():
+    # DomainBed's train.py: for step in range(n_steps): update; evaluate if step % freq == 0 or step == n_steps - 1
+    ref = [s + 1 for s in range(5001) if s % 300 == 0 or s == 5000]  # recorded as updates done
+    assert [k for k in range(1, 5002) if eval_due(k, 5001, 300, "domainbed")] == ref
+    assert ref[:3] == [1, 301, 601] and ref[-1] == 5001
+    assert [k for k in range(1, 11) if eval_due(k, 10, 4, "dgmamba")] == [4, 8, 10]  # DGMamba: every epoch
+
+
+def test_cells_evaluate_after_the_first_update_under_domainbeds_protocol(tmp_path):
+    ds = _tiny_ds()
+    for protocol, steps in (("domainbed", [1, 3]), ("dgmamba", [2, 3])):
+        cfg = replace(TINY, protocol=protocol, steps=3)
+        train_cell(cfg, ds, tmp_path / protocol, device=torch.device("cpu"))
+        ev = json.loads((cfg.cell_dir(tmp_path / protocol) / "evals.json").read_text())
+        assert sorted({e["step"] for e in ev["evals"]}) == steps
+        test_splits = {e["split"] for e in ev["evals"] if e["domain"] == "d2"}
+        assert test_splits == ({"all"} if protocol == "dgmamba" else {"in", "out"})
+
+
+def test_recipe_values_are_the_official_ones():
+    db = recipe_defaults("domainbed", "pacs")
+    assert (db["steps"], db["batch_size"], db["lr"], db["weight_decay"], db["eval_every"]) == (5001, 32, 5e-5, 0, 300)
+    assert db["augment"] == "domainbed" and db["label_smoothing"] == 0 and db["protocol"] == "domainbed"
+    assert recipe_defaults("domainbed", "domain-net")["eval_every"] == 1000
+    small = recipe_defaults("domainbed", "rotated-digits")  # DomainBed's SMALL_IMAGES hyper-parameters
+    assert (small["lr"], small["batch_size"], small["augment"], small["eval_every"]) == (1e-3, 64, "none", 100)
+    dg = recipe_defaults("dgmamba", "pacs")
+    assert (dg["steps"], dg["batch_size"], dg["lr"], dg["eval_every"], dg["protocol"]) == (10000, 16, 3e-4, 200,
+                                                                                            "dgmamba")
+    r = get_recipe("dgmamba")
+    assert (r.drop_path, r.mixup, r.cutmix, r.clip_grad) == (0.2, 0.8, 1.0, 5.0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.LayerNorm(4))
+    opt = build_optimizer(model, r, 3e-4, 0.05)  # DGMamba: no decay on 1-D tensors and biases
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert decayed == {id(model[0].weight)} and isinstance(opt, torch.optim.AdamW)
+    opt = build_optimizer(model, get_recipe("domainbed"), 5e-5, 0.0)
+    assert type(opt) is torch.optim.Adam and opt.param_groups[0]["weight_decay"] == 0
+
+
+@pytest.mark.parametrize("n_train", [3, 5])
+def test_dgmamba_schedule_is_timms_as_dgmamba_builds_it(n_train):
+    """DGMamba builds timm's CosineLRScheduler with n_iter_per_epoch = len(list of train loaders) and steps it
+    with epoch * 200 + idx after each update; the first update runs at the scheduler's initial value."""
+    from timm.scheduler.cosine_lr import CosineLRScheduler
+
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([p], lr=3e-4)
+    num, warm = int(50 * n_train), int(3 * n_train)
+    sched = CosineLRScheduler(opt, t_initial=num - warm, lr_min=3e-4 * 0.05, warmup_lr_init=3e-7, warmup_t=warm,
+                              cycle_limit=1, t_in_epochs=False, warmup_prefix=True)
+    ref = []
+    for k in range(10000):
+        ref.append(opt.param_groups[0]["lr"])
+        sched.step_update(k)
+    ours = [dgmamba_lr(k, 3e-4, 10000, n_train) for k in range(10000)]
+    assert ours == pytest.approx(ref, rel=1e-12, abs=1e-15)
+    assert ours[0] == 3e-7 and ours[warm + 1] == pytest.approx(3e-4) and ours[-1] == pytest.approx(1.5e-5)
+    assert all(v == pytest.approx(1.5e-5) for v in ours[num + 1:])  # the minimum long before the end
+
+
+def test_mixup_and_cutmix_follow_timm():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 3, 8, 8)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    seen = set()
+    for _ in range(40):
+        xm, t = mixup_cutmix(x, y, 3, 0.8, 1.0, 0.1, g)
+        assert torch.allclose(t.sum(1), torch.ones(6))
+        changed = (xm != x).flatten(1).any(1)
+        pasted = ((xm == x.flip(0)) & (xm != x)).float().mean().item()
+        lam = float(t[0, 0] - 0.1 / 3) / 0.9 if y[0] != y[-1] else None  # the weight of sample 0's own label
+        if pasted > 0:  # CutMix: a box of the reversed batch, λ = the area left
+            seen.add("cutmix")
+            area = float(((xm == x.flip(0)) & (xm != x))[0, 0].float().mean())
+            assert lam == pytest.approx(1 - area, abs=0.1)
+        elif changed.any():  # Mixup: λ x + (1 - λ) x.flip(0) everywhere
+            seen.add("mixup")
+            assert torch.allclose(xm, lam * x + (1 - lam) * x.flip(0), atol=1e-5)
+    assert seen == {"mixup", "cutmix"}
+    a = mixup_cutmix(x, y, 3, 0.8, 1.0, 0.1, torch.Generator().manual_seed(3))
+    b = mixup_cutmix(x, y, 3, 0.8, 1.0, 0.1, torch.Generator().manual_seed(3))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])  # seeded, no global RNG
+
+
+def test_drop_path_rises_over_the_blocks_and_acts_in_training():
+    from mamba_bench.models.registry import get_spec
+    from mamba_bench.models.vmamba import VSSBlock
+
+    model = get_spec("vmamba-nano").build(10)
+    n = set_drop_path(model, 0.2)
+    rates = [b.drop_path.p for b in model.modules() if isinstance(b, VSSBlock)]
+    assert n == 5 and rates == pytest.approx(torch.linspace(0, 0.2, 5).tolist())
+    x = torch.randn(4, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))
+    model.train()
+    torch.manual_seed(0)
+    assert not torch.equal(model(x), model(x))
+
+
+def test_dgmamba_recipe_cell_resumes_exactly(tmp_path):
+    """Mixup/CutMix, drop-path and clipping in the loop; the mixing generator is part of the resume state."""
+    ds = _tiny_ds()
+    cfg = replace(TINY, recipe="dgmamba", protocol="dgmamba", steps=3, eval_every=2)
+    train_cell(cfg, ds, tmp_path / "a", device=torch.device("cpu"))
+
+    class Stop(Exception):
+        pass
+
+    def stop(c, step, loss, rows):
+        if step == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_cell(cfg, ds, tmp_path / "b", device=torch.device("cpu"), on_eval=stop)
+    train_cell(cfg, ds, tmp_path / "b", device=torch.device("cpu"))
+    from safetensors.torch import load_file
+
+    a, b = load_file(cfg.cell_dir(tmp_path / "a") / "last.pt"), load_file(cfg.cell_dir(tmp_path / "b") / "last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ours = load_file(train_cell(replace(cfg, recipe="ours", protocol="dgmamba"), ds, tmp_path / "c",
+                                device=torch.device("cpu"))["cell"] + "/last.pt")
+    assert not all(torch.equal(a[k], ours[k]) for k in a)
+
+
+def test_domainbed_augments_from_the_original_image_and_evaluates_sources_augmented(tmp_path, monkeypatch):
+    from mamba_bench.dg import train as train_mod
+
+    calls = []
+    real = train_mod.ImageSource.original
+
+    def original(self, domain, i):
+        calls.append(domain.name)
+        return real(self, domain, i)
+
+    monkeypatch.setattr(train_mod.ImageSource, "original", original)
+    ds = _tiny_ds(size=40)  # originals of 40 px, trained at 32
+    cfg = replace(TINY, recipe="domainbed", augment="domainbed", steps=1, eval_every=1)
+    train_cell(cfg, ds, tmp_path, device=torch.device("cpu"))
+    # training draws 2 images per source domain; the evaluation sees all 24 source images augmented,
+    # the test domain plainly (DomainBed's datasets.py gives training domains their augment transform)
+    assert calls.count("d0") == calls.count("d1") == 2 + 12 and "d2" not in calls
+    calls.clear()
+    train_cell(replace(cfg, recipe="ours", augment="imagenet"), ds, tmp_path / "o", device=torch.device("cpu"))
+    assert calls == []  # ours crops from the stretched image and evaluates without augmentation
+
+
+def test_dg_train_recipe_options_are_checked(tmp_path, cli):
+    from mamba_bench.dg.run import dg_train
+    from mamba_bench.errors import UnknownNameError
+
+    r = cli("dg-train", "--dataset", "rotated-digits", "--recipe", "swin", "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "unknown --recipe 'swin'; valid: ours, domainbed, dgmamba" in r.stderr
+    for change, message in (({"protocol": "random"}, "unknown --protocol 'random'; valid: domainbed, dgmamba, ours"),
+                            ({"augment": "autoaugment"}, "unknown --augment 'autoaugment'; valid: imagenet, "
+                                                         "domainbed, none")):
+        with pytest.raises(UnknownNameError, match=message):
+            dg_train(dataset="rotated-digits", data_root=None, algorithms=["erm"], test_domains=None, seeds=[0],
+                     base=replace(TINY, **change), out=tmp_path / "o", device=torch.device("cpu"))
+    assert not (tmp_path / "o").exists()  # refused before any work
+

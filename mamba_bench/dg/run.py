@@ -11,9 +11,10 @@ import pandas as pd
 import torch
 
 from mamba_bench.dg.algorithms import get_algorithm
-from mamba_bench.dg.data import open_dg_dataset
-from mamba_bench.dg.train import CHECKPOINT_KIND, DGTrainConfig, ImageSource, _normalise, train_cell
-from mamba_bench.errors import DataLayoutError, MambaBenchError, RunDirError
+from mamba_bench.dg.data import SPLIT_PROTOCOLS, open_dg_dataset
+from mamba_bench.dg.recipes import get_recipe
+from mamba_bench.dg.train import AUGMENTS, CHECKPOINT_KIND, DGTrainConfig, ImageSource, _normalise, train_cell
+from mamba_bench.errors import DataLayoutError, MambaBenchError, RunDirError, UnknownNameError
 from mamba_bench.results.store import atomic_write_json, atomic_write_parquet
 
 SELECTIONS = ("training-domain", "oracle", "last")
@@ -27,6 +28,11 @@ def dg_train(*, dataset: str, data_root: str | None, algorithms: list[str], test
     for a in algorithms:
         get_algorithm(a)  # every name checked before any work
     check_hparams(base.hparams, algorithms)
+    get_recipe(base.recipe)
+    if base.protocol not in SPLIT_PROTOCOLS:
+        raise UnknownNameError(f"unknown --protocol {base.protocol!r}; valid: {', '.join(SPLIT_PROTOCOLS)}")
+    if base.augment not in AUGMENTS:
+        raise UnknownNameError(f"unknown --augment {base.augment!r}; valid: {', '.join(AUGMENTS)}")
     from mamba_bench.models.registry import get_spec
 
     if get_spec(base.init).family == "dg":
