@@ -423,7 +423,7 @@ def test_dg_train_and_eval_cli(tmp_path, cli):
     (["--dataset", "rotated-digits", "--steps", "0"], "--steps must be positive"),
     (["--dataset", "rotated-digits", "--algorithm", "start-m", "--hparam", "start_rate=0.3"],
      "--hparam 'start_rate' is not a hyper-parameter of start-m; valid keys: alpha, start_p, start_ratio, "
-     "start_stages"),
+     "start_softmax, start_stages, start_tokens"),
     (["--dataset", "rotated-digits", "--algorithm", "erm", "--hparam", "p=0.3"],
      "--hparam 'p' is not a hyper-parameter of erm; they take none"),
     (["--dataset", "rotated-digits", "--init", "start-m"], "--init start-m is a dg-train result"),

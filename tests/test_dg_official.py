@@ -243,3 +243,62 @@ def test_dg_train_recipe_options_are_checked(tmp_path, cli):
                      base=replace(TINY, **change), out=tmp_path / "o", device=torch.device("cpu"))
     assert not (tmp_path / "o").exists()  # refused before any work
 
+
+# -- START's open choices ---------------------------------------------------------------------------------
+def _nano_op():
+    from mamba_bench.models.registry import get_spec
+
+    torch.manual_seed(0)
+    model = get_spec("vmamba-nano").build(10)
+    return model, model.layers[0].blocks[0].op
+
+
+def test_start_softmax_axis_is_the_chosen_one(monkeypatch):
+    from mamba_bench.dg.algorithms import start_saliency
+
+    _, op = _nano_op()
+    x = torch.randn(2, op.d_inner, 4, 4)
+    real = torch.softmax
+    seen = []
+
+    def spy(t, dim, *a, **k):
+        out = real(t, dim, *a, **k)
+        seen.append((t.shape, dim % t.dim()))
+        return out
+
+    monkeypatch.setattr(torch, "softmax", spy)
+    tok = start_saliency(op, x, "m", "tokens")
+    chan = start_saliency(op, x, "m", "channels")
+    (shape_t, dim_t), (shape_c, dim_c) = seen
+    assert shape_t[dim_t] == 16  # over the H·W tokens of each direction and channel
+    assert shape_c[dim_c] == op.d_inner  # over token i's own channels
+    assert not torch.allclose(tok, chan)  # the readings give different saliencies
+
+
+@pytest.mark.parametrize("tokens", ["salient", "non-salient"])
+def test_start_perturbs_the_salient_tokens_or_the_others(tokens):
+    from mamba_bench.dg.algorithms import start_saliency, start_transform
+
+    _, op = _nano_op()
+    x = torch.randn(2, op.d_inner, 4, 4)
+    top = start_saliency(op, x, "x").topk(8, dim=1).indices  # ratio 0.5 of 16 tokens
+    selected = torch.zeros(2, 16, dtype=torch.bool).scatter_(1, top, True)
+    torch.manual_seed(0)
+    y = start_transform(op, x, "x", ratio=0.5, alpha=0.1, tokens=tokens)
+    changed = (y != x).any(1).view(2, 16)
+    # default (paper text): the salient tokens are perturbed; the poster's formula read literally:
+    # x_aug = M_S * x + (1 - M_S) * x~ keeps them and perturbs the complementary half
+    assert torch.equal(changed, selected if tokens == "salient" else ~selected)
+
+
+def test_start_readings_are_hyper_parameters():
+    from mamba_bench.dg.algorithms import get_algorithm
+    from mamba_bench.errors import MambaBenchError
+
+    algo = get_algorithm("start-m")
+    assert (algo.defaults["start_tokens"], algo.defaults["start_softmax"]) == ("salient", "tokens")
+    model, _ = _nano_op()
+    for key, bad in (("start_tokens", "all"), ("start_softmax", "batch")):
+        with pytest.raises(MambaBenchError, match=f"{key} must be one of"):
+            algo.attach(model, {**algo.defaults, key: bad})
+
