@@ -390,7 +390,8 @@ def dg_train_cmd(
     dataset: Annotated[str, typer.Option(help="pacs, vlcs, office-home, terra-incognita, domain-net or "
                                               "rotated-digits (embedded).")],
     out: Annotated[Path, typer.Option(help="Run directory; the same command resumes.")],
-    algorithm: Annotated[list[str] | None, typer.Option(help="erm, start-m, start-x, mixstyle, dsu; repeat.")] = None,
+    algorithm: Annotated[list[str] | None, typer.Option(
+        help="erm, start-m, start-x, mixstyle, dsu (official), dsu-ours; repeat.")] = None,
     test_domain: Annotated[list[str] | None, typer.Option(
         help="Held-out domain; repeat. Default: every domain in turn.")] = None,
     data_root: Annotated[str | None, typer.Option(help="Folder holding DomainBed's PACS/, VLCS/, ...")] = None,

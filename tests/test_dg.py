@@ -93,7 +93,7 @@ def _nano():
     return get_spec("vmamba-nano").build(10)
 
 
-@pytest.mark.parametrize("name", ["start-m", "start-x", "mixstyle", "dsu"])
+@pytest.mark.parametrize("name", ["start-m", "start-x", "mixstyle", "dsu", "dsu-ours"])
 def test_algorithms_perturb_training_only_and_detach(name):
     model = _nano()
     x = torch.randn(6, 3, 32, 32)
@@ -467,7 +467,7 @@ def test_dg_eval_lists_cells_in_progress(tmp_path):
 
 
 def test_algorithm_registry_complete():
-    assert ALGORITHMS == ("erm", "start-m", "start-x", "mixstyle", "dsu")
+    assert ALGORITHMS == ("erm", "start-m", "start-x", "mixstyle", "dsu", "dsu-ours")
 
 
 def test_pretrained_init_on_disk_domains(tmp_path, cli):

@@ -302,3 +302,60 @@ def test_start_readings_are_hyper_parameters():
         with pytest.raises(MambaBenchError, match=f"{key} must be one of"):
             algo.attach(model, {**algo.defaults, key: bad})
 
+
+# -- DSU -------------------------------------------------------------------------------------------------
+def test_dsu_official_statistics_carry_gradients():
+    from mamba_bench.dg.algorithms import dsu, dsu_official
+
+    x = torch.randn(4, 3, 5, 5, requires_grad=True)
+    w = torch.randn(4, 3, 5, 5)
+
+    def grad(fn):
+        x.grad = None
+        torch.manual_seed(0)
+        (fn(x) * w).sum().backward()
+        return x.grad.clone()
+
+    def reference(t):  # DSU's DistributionUncertainty.forward, written out
+        mean, std = t.mean((2, 3)), (t.var((2, 3)) + 1e-6).sqrt()
+        beta = mean + torch.randn_like(std) * (mean.var(0, keepdim=True) + 1e-6).sqrt()
+        gamma = std + torch.randn_like(std) * (std.var(0, keepdim=True) + 1e-6).sqrt()
+        return (t - mean[..., None, None]) / std[..., None, None] * gamma[..., None, None] + beta[..., None, None]
+
+    torch.manual_seed(0)
+    y = dsu_official(x)
+    torch.manual_seed(0)
+    torch.testing.assert_close(y, reference(x))
+    torch.testing.assert_close(grad(dsu_official), grad(reference))
+    assert not torch.allclose(grad(dsu_official), grad(dsu), atol=1e-4)  # ours detaches the statistics
+
+
+@pytest.mark.parametrize("name, shapes", [
+    ("dsu", [(16, 32), (32, 16), (32, 16), (64, 8), (128, 4), (256, 2)]),  # stem conv, stem, stages 0-3
+    ("dsu-ours", [(32, 16), (64, 8), (128, 4)]),                            # after stages 0-2
+])
+def test_dsu_positions(monkeypatch, name, shapes):
+    from mamba_bench.dg import algorithms
+
+    seen = []
+    real_official, real_ours = algorithms.dsu_official, algorithms.dsu
+
+    def spy(fn):
+        def wrapped(t, *a, **k):
+            seen.append((t.shape[1], t.shape[2]))
+            return fn(t, *a, **k)
+        return wrapped
+
+    monkeypatch.setattr(algorithms, "dsu_official", spy(real_official))
+    monkeypatch.setattr(algorithms, "dsu", spy(real_ours))
+    model, _ = _nano_op()
+    algo = algorithms.get_algorithm(name)
+    handle = algo.attach(model, {**algo.defaults, "p": 1.0})
+    model.train()
+    model(torch.randn(2, 3, 64, 64))
+    assert seen == shapes
+    seen.clear()
+    assert torch.isfinite(model(torch.randn(2, 3, 32, 32))).all()  # the 1x1 last stage is left alone
+    handle.remove()
+    if name == "dsu":
+        assert [c for c, _ in seen] == [16, 32, 32, 64, 128]

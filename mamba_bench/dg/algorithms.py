@@ -34,8 +34,20 @@ code is not public; what follows is our reading of the poster, each choice a hyp
 
 **MixStyle** (Zhou et al., ICLR 2021): the same mixing on whole feature maps, after each of the
 stages ``mix_stages`` (default the first three), p = 0.5, α = 0.1, random shuffle of the batch.
-**DSU** (Li et al., ICLR 2022): feature statistics resampled from Gaussians whose spread is the
-batch's variance of the means and of the stds, same positions, p = 0.5.
+**DSU** (Li et al., ICLR 2022), as the official code (lixiaotong97/DSU, ``dsu.py`` and
+``multi-domain-generalization/dassl/modeling/backbone/uresnet.py``) runs it: per channel, the
+spatial mean μ and std σ = sqrt(var + 1e-6) (unbiased var) — *not detached*, so gradients flow
+through them — are resampled as μ + ε·sqrt(var_batch(μ) + 1e-6) and σ + ε'·sqrt(var_batch(σ) + 1e-6)
+(unbiased variance over the batch, ε, ε' ~ N(0, 1)), and x is re-normalised with them; p = 0.5
+independently at each of six positions. In ResNet those are: after ``conv1`` (before ``bn1``),
+after the stem's max-pool, and after ``layer1`` … ``layer4``. On a VMamba (``dsu_positions``
+indices): 0 after the stem's first conv ``patch_embed.0`` (before its LayerNorm), 1 after the
+stem ``patch_embed``, 2-5 after the blocks of stages 0-3 (before each downsampling; the last one
+feeds the classifier's norm and pooling); on a ConvNeXt: after ``stem.0``, after ``stem``, after
+``stages.0``-``stages.3``. A position whose map is a single pixel (vmamba-nano's last stage at
+32 px) has no spatial std and is left alone (the official code would return NaN there).
+``dsu-ours`` keeps this project's earlier variant: detached statistics, after the blocks of
+stages 0-2 only (``mix_stages``).
 """
 
 from __future__ import annotations
@@ -87,8 +99,19 @@ def mix_style(x: torch.Tensor, alpha: float, dims: tuple[int, ...] = (2, 3)) -> 
     return (x - mu) / sig * sig_mix + mu_mix
 
 
+def dsu_official(x: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+    """DSU's ``DistributionUncertainty.forward`` (training branch): statistics on the autograd graph."""
+    mean = x.mean((2, 3), keepdim=True)
+    std = (x.var((2, 3), keepdim=True) + eps).sqrt()
+    sqrtvar_mu = (mean.var(0, keepdim=True) + eps).sqrt()
+    sqrtvar_std = (std.var(0, keepdim=True) + eps).sqrt()
+    beta = mean + torch.randn_like(std) * sqrtvar_mu
+    gamma = std + torch.randn_like(std) * sqrtvar_std
+    return (x - mean) / std * gamma + beta
+
+
 def dsu(x: torch.Tensor, dims: tuple[int, ...] = (2, 3)) -> torch.Tensor:
-    """DSU: mean and std resampled with the batch's uncertainty of each (per channel)."""
+    """``dsu-ours``: mean and std (detached) resampled with the batch's uncertainty of each (per channel)."""
     mu, sig = _style_stats(x, dims)
     sd_mu = (mu.var(0, keepdim=True) + EPS).sqrt()
     sd_sig = (sig.var(0, keepdim=True) + EPS).sqrt()
@@ -108,6 +131,35 @@ def _stage_modules(model: nn.Module, algorithm: str) -> list[nn.Module]:
     if isinstance(stages, nn.Sequential | nn.ModuleList) and type(model).__name__ == "ConvNeXt":
         return list(stages)
     raise MambaBenchError(f"{algorithm} is implemented for VMamba and ConvNeXt models, not {type(model).__name__}")
+
+
+def _dsu_positions(model: nn.Module) -> list[nn.Module]:
+    """DSU's six official positions mapped onto the model (see the module docstring)."""
+    from mamba_bench.models.vmamba import VMamba
+
+    if isinstance(model, VMamba):
+        return [model.patch_embed[0], model.patch_embed, *[layer.blocks for layer in model.layers]]
+    stem = getattr(model, "stem", None)
+    if isinstance(stem, nn.Sequential) and type(model).__name__ == "ConvNeXt":
+        return [stem[0], stem, *list(model.stages)]
+    raise MambaBenchError(f"dsu is implemented for VMamba and ConvNeXt models, not {type(model).__name__}")
+
+
+def _attach_dsu(model: nn.Module, hp: dict) -> Handle:
+    modules = _dsu_positions(model)
+    positions = tuple(hp["dsu_positions"])
+    bad = [s for s in positions if not 0 <= s < len(modules)]
+    if bad:
+        raise MambaBenchError(f"dsu: position(s) {bad} do not exist (the model has positions 0-{len(modules) - 1})")
+    p = float(hp["p"])
+
+    def hook(module, inputs, output):
+        # a 1x1 map has no spatial std (the official code would turn it into NaN): left alone
+        if module.training and torch.rand(()) < p and output.shape[2] * output.shape[3] > 1:
+            return dsu_official(output)
+        return None
+
+    return Handle([modules[i].register_forward_hook(hook).remove for i in positions])
 
 
 def _check_stages(stages: tuple[int, ...], n: int, algorithm: str) -> None:
@@ -229,8 +281,11 @@ _register(Algorithm("start-x", "START with saliency from the input tokens themse
 _register(Algorithm("mixstyle", "MixStyle: feature statistics mixed between samples after stages 1-3",
                     _attach_feature_hooks(lambda t, hp: mix_style(t, float(hp["alpha"])), "mix_stages", "mixstyle"),
                     {"mix_stages": (0, 1, 2), "p": 0.5, "alpha": 0.1}))
-_register(Algorithm("dsu", "DSU: feature statistics resampled with their batch uncertainty after stages 1-3",
-                    _attach_feature_hooks(lambda t, hp: dsu(t), "mix_stages", "dsu"),
+_register(Algorithm("dsu", "DSU as its official code: statistics resampled with their batch uncertainty, not "
+                           "detached, at the 6 official positions (stem conv, stem, stages 1-4)",
+                    _attach_dsu, {"dsu_positions": (0, 1, 2, 3, 4, 5), "p": 0.5}))
+_register(Algorithm("dsu-ours", "DSU, our earlier variant: detached statistics, after stages 1-3",
+                    _attach_feature_hooks(lambda t, hp: dsu(t), "mix_stages", "dsu-ours"),
                     {"mix_stages": (0, 1, 2), "p": 0.5}))
 
 ALGORITHMS = tuple(_ALGORITHMS)
