@@ -553,7 +553,14 @@ def finetune(
     iters: Annotated[int, typer.Option()] = 6000,
     crop: Annotated[int, typer.Option(help="Training crop and inference window (multiple of 16).")] = 256,
     batch_size: Annotated[int, typer.Option()] = 8,
-    lr: Annotated[float, typer.Option()] = 1e-3,
+    optimizer: Annotated[str, typer.Option(help="sgd: nnU-Net's (Nesterov, momentum 0.99, lr 1e-2, weight decay "
+                                                "3e-5, clip 12, poly); adamw: lr 1e-3, weight decay 1e-4, poly.")]
+    = "sgd",
+    lr: Annotated[float | None, typer.Option(help="Default: the optimiser's (sgd 1e-2, adamw 1e-3).")] = None,
+    arch_variant: Annotated[str, typer.Option(help="official: U-Mamba's nets (Enc Mamba at stages 0, 2, 4 of 5, "
+                                                   "channel tokens, nearest + 1x1 upsampling, nnU-Net's deep "
+                                                   "supervision weights); ours: the earlier architecture.")]
+    = "official",
     width: Annotated[int, typer.Option(help="Channels of the first U-Net stage.")] = 16,
     eval_every: Annotated[int | None, typer.Option(help="Iterations between evaluations (default iters/10).")] = None,
     freeze_warmup: Annotated[int, typer.Option(help="freeze: iterations of gradient measurement.")] = 50,
@@ -567,15 +574,16 @@ def finetune(
     from mamba_bench.seg.finetune import FinetuneConfig
     from mamba_bench.seg.finetune import finetune as run
 
-    for name, v in (("--iters", iters), ("--crop", crop), ("--batch-size", batch_size), ("--lr", lr),
-                    ("--width", width)):
+    for name, v in (("--iters", iters), ("--crop", crop), ("--batch-size", batch_size), ("--width", width)):
         _positive(name, v)
+    if lr is not None:
+        _positive("--lr", lr)
     every = max(1, iters // 10) if eval_every is None else eval_every
     _positive("--eval-every", every)
     modes = _split(mode) or ["scratch", "full", "freeze"]
     cfg = FinetuneConfig(data=data, model=model, width=width, init=init, iters=iters, crop=crop,
                          batch_size=batch_size, lr=lr, eval_every=every, seed=seed, freeze_warmup=freeze_warmup,
-                         freeze_threshold=freeze_threshold)
+                         freeze_threshold=freeze_threshold, optimizer=optimizer, arch=arch_variant)
     from mamba_bench.seg.umamba import SEG_MODELS
 
     if model not in SEG_MODELS:
