@@ -563,7 +563,8 @@ def finetune(
     = "official",
     width: Annotated[int, typer.Option(help="Channels of the first U-Net stage.")] = 16,
     eval_every: Annotated[int | None, typer.Option(help="Iterations between evaluations (default iters/10).")] = None,
-    freeze_warmup: Annotated[int, typer.Option(help="freeze: iterations of gradient measurement.")] = 50,
+    freeze_warmup: Annotated[int | None, typer.Option(help="freeze: iterations of gradient measurement (default "
+                                                           "iters/10, at least 1, at most 50).")] = None,
     freeze_threshold: Annotated[float, typer.Option(help="freeze: fraction of the median mean |grad| below which "
                                                          "a tensor is frozen.")] = 0.05,
     seed: SeedOpt = 0,

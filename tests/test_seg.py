@@ -256,6 +256,12 @@ def test_finetune_cli(tmp_path, cli):
     assert r.returncode == 0, r.stderr
     assert (out / "scratch" / "last.pt").exists() and (out / "finetune.png").stat().st_size > 1000
     assert len(pd.read_parquet(out / "metrics.parquet")) == 2
+    # a short freeze run works: --freeze-warmup defaults to iters/10 (at least 1), not 50
+    r = cli(*args[:args.index("--mode")], "--mode", "freeze", "--iters", "3", "--eval-every", "3", "--init",
+            str(out / "scratch/last.pt"), *args[args.index("--crop"):args.index("--out")],
+            "--out", str(tmp_path / "fr"), "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "fr/freeze/config.json").read_text())["config"]["freeze_warmup"] == 1
     for bad, msg in [(["--mode", "full"], "pass --init"), (["--crop", "40"], "multiple of 16"),
                      (["--optimizer", "lion"], "unknown --optimizer 'lion'; valid: sgd, adamw"),
                      (["--arch-variant", "v2"], "unknown --arch-variant 'v2'; valid: official, ours"),

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from mamba_bench.seg.finetune import (
     FinetuneConfig,
     _optimizer,
+    check_freeze_config,
     deep_supervision_weights,
     run_mode,
     seg_loss,
@@ -111,3 +112,9 @@ def test_sgd_clips_gradients_at_12(tmp_path, monkeypatch):
     run_mode(cfg, "scratch", _tiny_split(1), _tiny_split(1), tmp_path, torch.device("cpu"))
     assert calls == [12.0]
 
+
+@pytest.mark.parametrize("iters, warmup", [(3, 1), (60, 6), (6000, 50)])
+def test_freeze_warmup_default_follows_the_budget(iters, warmup):
+    cfg = FinetuneConfig(data="synthetic-roads", iters=iters)
+    assert cfg.freeze_warmup == warmup
+    check_freeze_config(cfg)  # a short freeze run is accepted

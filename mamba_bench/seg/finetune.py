@@ -3,7 +3,7 @@
 * ``scratch``: random initialisation (seeded);
 * ``full``: every weight from ``--init``, all trained;
 * ``freeze``: like ``full`` for ``freeze_warmup`` iterations (1 <= warm-up < iters, counted in the
-  budget) while the mean absolute
+  budget; default ``min(50, max(1, iters // 10))``, so a short run works) while the mean absolute
   gradient of every parameter tensor is accumulated; then every tensor whose mean |grad| is below
   ``freeze_threshold`` (0 < threshold <= 1) × the median over all tensors is frozen
   (``requires_grad`` off) and the optimiser is rebuilt over the rest, so neither momentum nor
@@ -62,6 +62,11 @@ OPTIMIZERS = {"sgd": {"lr": 1e-2, "weight_decay": 3e-5, "momentum": 0.99, "clip"
               "adamw": {"lr": 1e-3, "weight_decay": 1e-4, "clip": None}}
 
 
+def default_freeze_warmup(iters: int) -> int:
+    """--freeze-warmup's default: a tenth of the budget, at least 1 and at most 50."""
+    return min(50, max(1, iters // 10))
+
+
 def deep_supervision_weights(n: int, scheme: str = "nnunet") -> torch.Tensor:
     """Loss weights of ``n`` outputs, fine to coarse: nnU-Net's 1/2^i with the coarsest set to 0 (for
     n > 1), or our earlier 1/2^i; normalised to sum 1."""
@@ -89,7 +94,7 @@ class FinetuneConfig:
     eval_every: int = 500
     seed: int = 0
     deep_supervision: bool = True
-    freeze_warmup: int = 50
+    freeze_warmup: int | None = None   # default: min(50, max(1, iters // 10))
     freeze_threshold: float = 0.05
     optimizer: str = "sgd"
     arch: str = "official"
@@ -102,6 +107,8 @@ class FinetuneConfig:
         for key in ("lr", "weight_decay"):
             if getattr(self, key) is None:
                 object.__setattr__(self, key, OPTIMIZERS[self.optimizer][key])
+        if self.freeze_warmup is None:
+            object.__setattr__(self, "freeze_warmup", default_freeze_warmup(self.iters))
 
     def fingerprint(self, mode: str) -> str:
         import hashlib
@@ -233,6 +240,9 @@ def _peak_mb(device) -> float | None:
 
 def check_freeze_config(cfg: FinetuneConfig) -> None:
     """The freeze regime needs a warm-up inside the budget and a threshold that keeps tensors trainable."""
+    if cfg.iters < 2:
+        raise MambaBenchError(f"--mode freeze needs --iters of at least 2 (a warm-up, then frozen iterations), "
+                              f"got {cfg.iters}")
     if not 1 <= cfg.freeze_warmup < cfg.iters:
         raise MambaBenchError(f"--freeze-warmup must be at least 1 and below --iters ({cfg.iters}), got "
                               f"{cfg.freeze_warmup} (0 measures no gradients and freezes nothing)")
