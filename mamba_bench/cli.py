@@ -314,7 +314,8 @@ def dg_train_cmd(
     dataset: Annotated[str, typer.Option(help="pacs, vlcs, office-home, terra-incognita, domain-net or "
                                               "rotated-digits (embedded).")],
     out: Annotated[Path, typer.Option(help="Run directory; the same command resumes.")],
-    algorithm: Annotated[list[str] | None, typer.Option(help="erm, start-m, start-x, mixstyle, dsu; repeat.")] = None,
+    algorithm: Annotated[list[str] | None, typer.Option(
+        help="erm, start-m, start-x, mixstyle, dsu (official), dsu-ours; repeat.")] = None,
     test_domain: Annotated[list[str] | None, typer.Option(
         help="Held-out domain; repeat. Default: every domain in turn.")] = None,
     data_root: Annotated[str | None, typer.Option(help="Folder holding DomainBed's PACS/, VLCS/, ...")] = None,
@@ -322,20 +323,29 @@ def dg_train_cmd(
     weights: Annotated[str | None, typer.Option(help="Pre-trained weights of --init (e.g. vssm1_tiny_0230s.pth); "
                                                      "default: random init.")] = None,
     seeds: Annotated[str, typer.Option(help="Trial seeds, comma-separated (split, init, data order).")] = "0",
-    steps: Annotated[int, typer.Option()] = 300,
-    batch_size: Annotated[int, typer.Option(help="Images per training domain per step.")] = 32,
-    lr: Annotated[float, typer.Option()] = 3e-4,
-    weight_decay: Annotated[float, typer.Option()] = 0.05,
+    recipe: Annotated[str, typer.Option(help="ours (AdamW 3e-4, cosine), domainbed (DomainBed's ERM: Adam 5e-5, "
+                                             "5001 steps) or dgmamba (DGMamba's: drop-path, Mixup/CutMix); the "
+                                             "options below override its values.")] = "ours",
+    protocol: Annotated[str | None, typer.Option(
+        help="Splits and evaluation points: domainbed (DomainBed's splits, evaluated after the first update and "
+             "every --eval-every), dgmamba (stratified source splits, whole test domain) or ours (the earlier "
+             "splits). Default: the recipe's (dgmamba for --recipe dgmamba, else domainbed).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Default: the recipe's (ours 300).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per training domain per step "
+                                                        "(default: the recipe's, ours 32).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Default: the recipe's (ours 3e-4).")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="Default: the recipe's (ours 0.05).")] = None,
     image_size: Annotated[int | None, typer.Option(help="Default: --init's input size.")] = None,
-    eval_every: Annotated[int | None, typer.Option(help="Steps between evaluations (default steps/10).")] = None,
-    augment: Annotated[str | None, typer.Option(help="imagenet or none (default: none for rotated-digits).")] = None,
+    eval_every: Annotated[int | None, typer.Option(help="Steps between evaluations (default: the recipe's; "
+                                                        "ours steps/10).")] = None,
+    augment: Annotated[str | None, typer.Option(help="imagenet, domainbed or none (default: the recipe's; none "
+                                                     "for rotated-digits).")] = None,
     hparam: Annotated[list[str] | None, typer.Option(
         help="Algorithm hyper-parameter KEY=JSON, e.g. start_ratio=0.3, start_stages=[0,1]; repeat.")] = None,
     device: DeviceOpt = "auto",
     threads: Annotated[int, typer.Option(help="Image-decoding threads.")] = 8,
 ) -> None:
     """Leave-one-domain-out training (DomainBed protocol) of each algorithm × test domain × seed."""
-    from mamba_bench.dg.data import EMBEDDED_DG
     from mamba_bench.dg.run import dg_train
     from mamba_bench.dg.train import DGTrainConfig
     from mamba_bench.eval.corrupt import resolve_device
@@ -347,16 +357,24 @@ def dg_train_cmd(
         raise MambaBenchError(f"--seeds takes integers, e.g. 0,1,2; got {seeds!r}") from None
     if not seed_list:
         raise MambaBenchError("--seeds is empty")
-    for name, v in (("--steps", steps), ("--batch-size", batch_size), ("--lr", lr), ("--threads", threads)):
+    from mamba_bench.dg.recipes import recipe_defaults
+
+    rd = recipe_defaults(recipe, dataset)
+    given = {"steps": steps, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+             "eval_every": eval_every, "augment": augment, "protocol": protocol}
+    r = {**rd, **{k: v for k, v in given.items() if v is not None}}  # 0 is refused below, not the default
+    for name, v in (("--steps", r["steps"]), ("--batch-size", r["batch_size"]), ("--lr", r["lr"]),
+                    ("--threads", threads)):
         _positive(name, v)
     spec = get_spec(init)
     size = spec.input_size if image_size is None else image_size  # 0 is refused, not the default
     _positive("--image-size", size)
-    every = max(1, steps // 10) if eval_every is None else eval_every
+    every = max(1, r["steps"] // 10) if r["eval_every"] is None else r["eval_every"]
     _positive("--eval-every", every)
     base = DGTrainConfig(dataset=dataset, algorithm="erm", test_domain="", seed=0, init=init, weights=weights,
-                         steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, image_size=size,
-                         eval_every=every, augment=augment or ("none" if dataset in EMBEDDED_DG else "imagenet"),
+                         steps=r["steps"], batch_size=r["batch_size"], lr=r["lr"], weight_decay=r["weight_decay"],
+                         label_smoothing=r["label_smoothing"], image_size=size, eval_every=every,
+                         augment=r["augment"], protocol=r["protocol"], recipe=recipe,
                          hparams=_parse_hparams(hparam))
     dev = resolve_device(device)
     algorithms = _split(algorithm) or ["erm"]
@@ -386,21 +404,25 @@ def dg_eval_cmd(
     data_root: Annotated[str | None, typer.Option(help="Data root for --gap (default: the run's).")] = None,
     gap_samples: Annotated[int, typer.Option(help="Images per side for --gap.")] = 100,
     selection: Annotated[str, typer.Option(help="training-domain, oracle or last.")] = "training-domain",
+    error_bar: Annotated[str, typer.Option(help="sem: standard error over seeds, as DomainBed's collect_results "
+                                                "(population std / sqrt(seeds)); std: population std.")] = "sem",
     device: DeviceOpt = "auto",
     fmt: FormatOpt = "table",
 ) -> None:
-    """Per-domain accuracy table (mean ± std over seeds), dg_results.parquet, bar chart; --gap: MMD table."""
-    from mamba_bench.dg.run import SELECTIONS, dg_eval
+    """Per-domain accuracy table (mean ± standard error over seeds), dg_results.parquet, bar chart; --gap: MMD."""
+    from mamba_bench.dg.run import ERROR_BARS, SELECTIONS, dg_eval
     from mamba_bench.eval.corrupt import resolve_device
 
     _check_format(fmt)
+    if error_bar not in ERROR_BARS:
+        raise MambaBenchError(f"unknown --error-bar {error_bar!r}; valid: {', '.join(ERROR_BARS)}")
     if selection not in SELECTIONS:
         raise MambaBenchError(f"unknown --selection {selection!r}; valid: {', '.join(SELECTIONS)}")
     _positive("--gap-samples", gap_samples)
     res = dg_eval(run, gap=gap, data_root=data_root, gap_samples=gap_samples, device=resolve_device(device))
     for p in res["pending"]:
         print(f"mamba-bench: note: {run / p} is still in progress (not in the tables)", file=sys.stderr)
-    print_dg(res, selection, run, fmt)
+    print_dg(res, selection, run, fmt, error_bar)
     if fmt == "table":
         out_console.print(f"wrote {res['results']}" + (f", {res['plot']}" if res["plot"] else ""))
 
@@ -416,10 +438,18 @@ def finetune(
     iters: Annotated[int, typer.Option()] = 6000,
     crop: Annotated[int, typer.Option(help="Training crop and inference window (multiple of 16).")] = 256,
     batch_size: Annotated[int, typer.Option()] = 8,
-    lr: Annotated[float, typer.Option()] = 1e-3,
+    optimizer: Annotated[str, typer.Option(help="sgd: nnU-Net's (Nesterov, momentum 0.99, lr 1e-2, weight decay "
+                                                "3e-5, clip 12, poly); adamw: lr 1e-3, weight decay 1e-4, poly.")]
+    = "sgd",
+    lr: Annotated[float | None, typer.Option(help="Default: the optimiser's (sgd 1e-2, adamw 1e-3).")] = None,
+    arch_variant: Annotated[str, typer.Option(help="official: U-Mamba's nets (Enc Mamba at stages 0, 2, 4 of 5, "
+                                                   "channel tokens, nearest + 1x1 upsampling, nnU-Net's deep "
+                                                   "supervision weights); ours: the earlier architecture.")]
+    = "official",
     width: Annotated[int, typer.Option(help="Channels of the first U-Net stage.")] = 16,
     eval_every: Annotated[int | None, typer.Option(help="Iterations between evaluations (default iters/10).")] = None,
-    freeze_warmup: Annotated[int, typer.Option(help="freeze: iterations of gradient measurement.")] = 50,
+    freeze_warmup: Annotated[int | None, typer.Option(help="freeze: iterations of gradient measurement (default "
+                                                           "iters/10, at least 1, at most 50).")] = None,
     freeze_threshold: Annotated[float, typer.Option(help="freeze: fraction of the median mean |grad| below which "
                                                          "a tensor is frozen.")] = 0.05,
     seed: SeedOpt = 0,
@@ -430,15 +460,16 @@ def finetune(
     from mamba_bench.seg.finetune import FinetuneConfig
     from mamba_bench.seg.finetune import finetune as run
 
-    for name, v in (("--iters", iters), ("--crop", crop), ("--batch-size", batch_size), ("--lr", lr),
-                    ("--width", width)):
+    for name, v in (("--iters", iters), ("--crop", crop), ("--batch-size", batch_size), ("--width", width)):
         _positive(name, v)
+    if lr is not None:
+        _positive("--lr", lr)
     every = max(1, iters // 10) if eval_every is None else eval_every
     _positive("--eval-every", every)
     modes = _split(mode) or ["scratch", "full", "freeze"]
     cfg = FinetuneConfig(data=data, model=model, width=width, init=init, iters=iters, crop=crop,
                          batch_size=batch_size, lr=lr, eval_every=every, seed=seed, freeze_warmup=freeze_warmup,
-                         freeze_threshold=freeze_threshold)
+                         freeze_threshold=freeze_threshold, optimizer=optimizer, arch=arch_variant)
     from mamba_bench.seg.umamba import SEG_MODELS
 
     if model not in SEG_MODELS:

@@ -37,23 +37,25 @@ def print_run_summary(metrics, summary, out: Path) -> None:
             out_console.print(f"  note: {note}")
 
 
-def print_dg(res: dict, selection: str, run: Path, fmt: str = "table") -> None:
-    """dg-eval's tables: accuracy per test domain (mean ± std over seeds) and the domain gap."""
-    from mamba_bench.dg.run import summary_table
+def print_dg(res: dict, selection: str, run: Path, fmt: str = "table", error_bar: str = "sem") -> None:
+    """dg-eval's tables: accuracy per test domain (mean ± error bar over seeds) and the domain gap."""
+    from mamba_bench.dg.run import ERROR_BARS, summary_table
 
-    header, body = summary_table(res["frame"], selection)
+    header, body = summary_table(res["frame"], selection, error_bar)
     gap_df = res.get("gap")
     if fmt == "json":
         print(json.dumps({"results": res["results"], "plot": res["plot"], "selection": selection,
+                          "error_bar": error_bar,
                           "table": [dict(zip(header, r, strict=True)) for r in body],
                           "gap": None if gap_df is None else gap_df.to_dict("records")}, indent=2))
         return
     if fmt == "markdown":
+        print(f"Test-domain top-1 (%), {selection} selection, mean ± {ERROR_BARS[error_bar]}:\n")
         print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
         for r in body:
             print("| " + " | ".join(r) + " |")
     else:
-        table = Table(title=f"test-domain top-1 (%), {selection} selection, mean ± std over seeds — {run}")
+        table = Table(title=f"test-domain top-1 (%), {selection} selection, mean ± {ERROR_BARS[error_bar]} — {run}")
         for c in header:
             table.add_column(c, justify="right")
         for r in body:

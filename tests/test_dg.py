@@ -93,7 +93,7 @@ def _nano():
     return get_spec("vmamba-nano").build(10)
 
 
-@pytest.mark.parametrize("name", ["start-m", "start-x", "mixstyle", "dsu"])
+@pytest.mark.parametrize("name", ["start-m", "start-x", "mixstyle", "dsu", "dsu-ours"])
 def test_algorithms_perturb_training_only_and_detach(name):
     model = _nano()
     x = torch.randn(6, 3, 32, 32)
@@ -164,12 +164,12 @@ def test_train_cell_resume_is_exact(tmp_path):
     class Stop(Exception):
         pass
 
-    def stop_at_4(c, step, loss, rows):
-        if step == 4:
+    def stop_at_3(c, step, loss, rows):
+        if step == 3:
             raise Stop
 
     with pytest.raises(Stop):
-        train_cell(cfg, ds, tmp_path / "b", device=torch.device("cpu"), on_eval=stop_at_4)
+        train_cell(cfg, ds, tmp_path / "b", device=torch.device("cpu"), on_eval=stop_at_3)
     assert not (cfg.cell_dir(tmp_path / "b") / "last.pt").exists()
     resumed = train_cell(cfg, ds, tmp_path / "b", device=torch.device("cpu"))
     assert full["best_step"] == resumed["best_step"] and full["train_val"] == resumed["train_val"]
@@ -180,7 +180,8 @@ def test_train_cell_resume_is_exact(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     ev_a = json.loads((cfg.cell_dir(tmp_path / "a") / "evals.json").read_text())["evals"]
     ev_b = json.loads((cfg.cell_dir(tmp_path / "b") / "evals.json").read_text())["evals"]
-    assert ev_a == ev_b and sorted({e["step"] for e in ev_a}) == [2, 4, 6]
+    # DomainBed's evaluation points: after the first update, then every eval_every, and the last
+    assert ev_a == ev_b and sorted({e["step"] for e in ev_a}) == [1, 3, 5, 6]
     # complete cells are skipped; a changed configuration in the same place is refused
     assert train_cell(cfg, ds, tmp_path / "a", device=torch.device("cpu"))["skipped"]
     from mamba_bench.errors import RunDirError
@@ -194,12 +195,12 @@ def test_a_cell_refused_before_its_first_step_does_not_bind_its_out(tmp_path):
     from mamba_bench.errors import MambaBenchError
 
     ds = rotated_digits()
-    cfg = replace(TINY, algorithm="start-m", steps=2, eval_every=2)
+    cfg = replace(TINY, algorithm="start-m", steps=1, eval_every=1)
     with pytest.raises(MambaBenchError, match="start_ratio must be in"):
         train_cell(replace(cfg, hparams={"start_ratio": 5}), ds, tmp_path, device=torch.device("cpu"))
     assert (cfg.cell_dir(tmp_path) / "config.json").exists()
     done = train_cell(replace(cfg, hparams={"start_ratio": 0.3}), ds, tmp_path, device=torch.device("cpu"))
-    assert done["best_step"] == 2 and (cfg.cell_dir(tmp_path) / "last.pt").exists()
+    assert done["best_step"] == 1 and (cfg.cell_dir(tmp_path) / "last.pt").exists()
 
 
 def _crash_writing(monkeypatch, name: str):
@@ -236,7 +237,7 @@ def test_crash_between_state_and_best_is_repaired_on_resume(tmp_path, monkeypatc
     from mamba_bench.models.weights import checkpoint_metadata
 
     ds = rotated_digits()
-    cfg = replace(TINY, steps=2)
+    cfg = replace(TINY, steps=1)
     cell = cfg.cell_dir(tmp_path)
     with monkeypatch.context() as m:
         _crash_writing(m, "best.pt")
@@ -245,7 +246,7 @@ def test_crash_between_state_and_best_is_repaired_on_resume(tmp_path, monkeypatc
     # state.pt is written first, best.pt after it: the crash left the state and no (partial) best.pt
     assert sorted(p.name for p in cell.iterdir()) == ["config.json", "state.pt"]
     res = train_cell(cfg, ds, tmp_path, device=torch.device("cpu"))
-    assert res["best_step"] == 2 and checkpoint_metadata(cell / "best.pt")["step"] == "2"
+    assert res["best_step"] == 1 and checkpoint_metadata(cell / "best.pt")["step"] == "1"
     best, last = load_file(cell / "best.pt"), load_file(cell / "last.pt")
     assert best.keys() == last.keys() and all(torch.equal(best[k], last[k]) for k in best)
 
@@ -367,7 +368,9 @@ def test_summary_avg_counts_only_seeds_complete_for_every_domain():
     header, body = summary_table(df)
     assert header == ["algorithm", "A", "B", "Avg"]
     rows = {r[0]: r for r in body}
-    assert rows["erm"][1] == "85.00 ± 5.00" and rows["erm"][2] == "60.00"
+    # DomainBed's error bar: population std (5.00) / sqrt(2 seeds)
+    assert rows["erm"][1] == "85.00 ± 3.54" and rows["erm"][2] == "60.00"
+    assert {r[0]: r for r in summary_table(df, error="std")[1]}["erm"][1] == "85.00 ± 5.00"
     assert rows["erm"][3] == "70.00"  # seed 1 (A only) would pull it to 80.00 ± 10.00
     assert rows["dsu"][1:] == ["50.00", "—", "—"]
 
@@ -398,7 +401,13 @@ def test_dg_train_and_eval_cli(tmp_path, cli):
     head = df[(df.selection == "training-domain") & df.is_test & (df.split == "in")]
     erm = head[head.algorithm == "erm"].accuracy
     row = next(t for t in res["table"] if t["algorithm"] == "erm")
+    assert res["error_bar"] == "sem"  # DomainBed's standard error over seeds by default
+    assert row["75deg"] == f"{erm.mean():.2f} ± {erm.std(ddof=0) / np.sqrt(2):.2f}"
+    r = cli("dg-eval", str(out), "--format", "json", "--error-bar", "std")
+    row = next(t for t in json.loads(r.stdout)["table"] if t["algorithm"] == "erm")
     assert row["75deg"] == f"{erm.mean():.2f} ± {erm.std(ddof=0):.2f}"
+    r = cli("dg-eval", str(out), "--error-bar", "ci")
+    assert r.returncode == 2 and "unknown --error-bar 'ci'; valid: sem, std" in r.stderr
     gap = pd.read_parquet(out / "dg_gap.parquet")
     assert len(gap) == 4 and np.isfinite(gap[["delta", "B", "C", "feat"]].to_numpy()).all()
     assert (out / "dg_results.png").stat().st_size > 1000
@@ -414,7 +423,7 @@ def test_dg_train_and_eval_cli(tmp_path, cli):
     (["--dataset", "rotated-digits", "--steps", "0"], "--steps must be positive"),
     (["--dataset", "rotated-digits", "--algorithm", "start-m", "--hparam", "start_rate=0.3"],
      "--hparam 'start_rate' is not a hyper-parameter of start-m; valid keys: alpha, start_p, start_ratio, "
-     "start_stages"),
+     "start_softmax, start_stages, start_tokens"),
     (["--dataset", "rotated-digits", "--algorithm", "erm", "--hparam", "p=0.3"],
      "--hparam 'p' is not a hyper-parameter of erm; they take none"),
     (["--dataset", "rotated-digits", "--init", "start-m"], "--init start-m is a dg-train result"),
@@ -458,7 +467,7 @@ def test_dg_eval_lists_cells_in_progress(tmp_path):
 
 
 def test_algorithm_registry_complete():
-    assert ALGORITHMS == ("erm", "start-m", "start-x", "mixstyle", "dsu")
+    assert ALGORITHMS == ("erm", "start-m", "start-x", "mixstyle", "dsu", "dsu-ours")
 
 
 def test_pretrained_init_on_disk_domains(tmp_path, cli):

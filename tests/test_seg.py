@@ -25,7 +25,7 @@ def _tiny_split(n=2, size=48) -> RoadSplit:
 
 @pytest.mark.parametrize("name", ["umamba-bot", "umamba-enc"])
 def test_umamba_shapes_and_mamba_placement(name):
-    model = build_umamba(name, width=4)
+    model = build_umamba(name, width=4, arch="ours")  # the earlier architecture, kept by name
     layers = [k for k in model.mamba]
     assert layers == (["4"] if name == "umamba-bot" else ["1", "2", "3", "4"])
     x = torch.randn(2, 3, 48, 64)
@@ -174,7 +174,7 @@ def test_rebuilt_optimizer_keeps_the_adam_state_of_trainable_tensors():
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
-    cfg = replace(SMALL, iters=10, lr=0.1)
+    cfg = replace(SMALL, iters=10, lr=0.1, optimizer="adamw")
     opt, sched = _optimizer(model, cfg, 0)
     x = torch.randn(8, 3)
     for _ in range(3):
@@ -223,7 +223,7 @@ def test_freeze_settings_are_checked(tmp_path, change, message):
 
 
 def test_init_of_another_architecture_is_refused(tmp_path):
-    other = build_umamba("umamba-enc", width=4)
+    other = build_umamba("umamba-enc", width=4, input_size=32)
     from mamba_bench.models.weights import save_checkpoint
 
     save_checkpoint(other, tmp_path / "enc.pt", {"kind": "mamba-bench finetune checkpoint", "model": "umamba-enc",
@@ -256,7 +256,15 @@ def test_finetune_cli(tmp_path, cli):
     assert r.returncode == 0, r.stderr
     assert (out / "scratch" / "last.pt").exists() and (out / "finetune.png").stat().st_size > 1000
     assert len(pd.read_parquet(out / "metrics.parquet")) == 2
+    # a short freeze run works: --freeze-warmup defaults to iters/10 (at least 1), not 50
+    r = cli(*args[:args.index("--mode")], "--mode", "freeze", "--iters", "3", "--eval-every", "3", "--init",
+            str(out / "scratch/last.pt"), *args[args.index("--crop"):args.index("--out")],
+            "--out", str(tmp_path / "fr"), "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "fr/freeze/config.json").read_text())["config"]["freeze_warmup"] == 1
     for bad, msg in [(["--mode", "full"], "pass --init"), (["--crop", "40"], "multiple of 16"),
+                     (["--optimizer", "lion"], "unknown --optimizer 'lion'; valid: sgd, adamw"),
+                     (["--arch-variant", "v2"], "unknown --arch-variant 'v2'; valid: official, ours"),
                      (["--mode", "lora"], "unknown --mode 'lora'"), (["--init", "nope.pt", "--mode", "full"],
                                                                      "no such file"),
                      (["--data", str(tmp_path)], "no Massachusetts Roads layout"),

@@ -8,12 +8,22 @@ data set, and any other folder among them, or class folders that differ between 
 error that names the offending entries. Plain files beside the domain folders (OfficeHome ships
 ``ImageInfo.csv`` and ``imagelist.txt`` there) and hidden entries are not domains and are ignored.
 
-Every domain is split into ``in`` (80 %) and ``out`` (20 %) with a seeded permutation that depends
-on the trial seed and the domain index (DomainBed's ``holdout_fraction`` 0.2 and
-``seed_hash(trial_seed, env_i)``): training uses the ``in`` split of the training domains, model
-selection the ``out`` splits (training-domain validation, best step) or the test domain's ``out``
-split at the last step (oracle, no early stopping), and the test accuracy is the test domain's
-``in`` split, as DomainBed reports it.
+Splits (``protocol``):
+
+* ``domainbed`` (default), index-identical to DomainBed's ``scripts/train.py`` +
+  ``lib/misc.py:split_dataset``: every domain ``env_i`` is shuffled with
+  ``np.random.RandomState(seed_hash(trial_seed, env_i)).shuffle`` of its keys ``0..n-1``; the first
+  ``int(n * 0.2)`` keys are ``out``, the rest ``in`` (``holdout_fraction`` 0.2). ``seed_hash`` is
+  DomainBed's: md5 of ``str(args)`` modulo 2^31. Training uses the ``in`` split of the training
+  domains, model selection the ``out`` splits (training-domain validation, best step) or the test
+  domain's ``out`` split at the last step (oracle, no early stopping), and the test accuracy is the
+  test domain's ``in`` split, as DomainBed reports it;
+* ``dgmamba``, as DGMamba's ``datautil/getdataloader.py``: every *training* domain is split 80/20 by
+  scikit-learn's ``StratifiedShuffleSplit(2, test_size=0.2, train_size=0.8, random_state=seed)``
+  (the first of its splits, the same seed for every domain), and the test domain is evaluated
+  whole (split ``all``);
+* ``ours``: this project's earlier split (``np.random.default_rng(seed_hash(...)).permutation``),
+  kept to reproduce results measured with it. Same sizes as DomainBed's, other indices.
 
 ``rotated-digits`` (embedded, offline): scikit-learn's 1797 real digits at 64 px, shuffled once
 (seed 0) and dealt into six disjoint domains rotated by 0, 15, 30, 45, 60 and 75 degrees, like
@@ -34,6 +44,7 @@ from mamba_bench.data.imagenet import _ignored, walk_class
 from mamba_bench.errors import DataLayoutError, UnknownNameError
 
 HOLDOUT_FRACTION = 0.2
+SPLIT_PROTOCOLS = ("domainbed", "dgmamba", "ours")
 
 #: name → (DomainBed directory under --data-root, domain folders in DomainBed's order)
 DOMAINBED_LAYOUTS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -60,12 +71,32 @@ class Domain:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def split(self, trial_seed: int, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """(in, out) sample indices: a seeded 80/20 split, the same for every algorithm of a trial."""
-        rng = np.random.default_rng(seed_hash(trial_seed, index))
-        perm = rng.permutation(len(self))
-        n_out = int(len(self) * HOLDOUT_FRACTION)
-        return np.sort(perm[n_out:]), np.sort(perm[:n_out])
+    def split(self, trial_seed: int, index: int, protocol: str = "domainbed") -> tuple[np.ndarray, np.ndarray]:
+        """(in, out) sample indices, sorted: a seeded 80/20 split, the same for every algorithm of a trial."""
+        n = len(self)
+        n_out = int(n * HOLDOUT_FRACTION)
+        if protocol == "domainbed":
+            # RandomState(seed).permutation(n) shuffles arange(n) exactly as DomainBed shuffles its key list
+            keys = np.random.RandomState(seed_hash(trial_seed, index)).permutation(n)
+        elif protocol == "ours":
+            keys = np.random.default_rng(seed_hash(trial_seed, index)).permutation(n)
+        elif protocol == "dgmamba":
+            return self._stratified_split(trial_seed)
+        else:
+            raise UnknownNameError(f"unknown split protocol {protocol!r}; valid: {', '.join(SPLIT_PROTOCOLS)}")
+        return np.sort(keys[n_out:]), np.sort(keys[:n_out])
+
+    def _stratified_split(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        from sklearn.model_selection import StratifiedShuffleSplit
+
+        sss = StratifiedShuffleSplit(2, test_size=HOLDOUT_FRACTION, train_size=1 - HOLDOUT_FRACTION,
+                                     random_state=seed)
+        try:
+            tr, te = next(sss.split(np.arange(len(self)), self.labels))
+        except ValueError as exc:  # e.g. a class with a single image cannot be stratified
+            raise DataLayoutError(f"domain {self.name}: DGMamba's stratified 80/20 split is impossible ({exc}); "
+                                  "use --protocol domainbed") from None
+        return np.sort(tr), np.sort(te)
 
 
 @dataclass
@@ -87,8 +118,24 @@ class DGDataset:
 
 
 def seed_hash(*args: object) -> int:
-    """A seed from a tuple of values, stable across processes and machines (DomainBed's idea)."""
-    return int(hashlib.md5(repr(args).encode()).hexdigest(), 16) % (2 ** 31)
+    """DomainBed's ``misc.seed_hash``: md5 of ``str(args)`` (the tuple) modulo 2^31, stable across processes."""
+    return int(hashlib.md5(str(args).encode("utf-8")).hexdigest(), 16) % (2 ** 31)
+
+
+def cell_splits(ds: DGDataset, protocol: str, trial_seed: int, test_domain: str) -> dict[str, dict[str, list[int]]]:
+    """Every domain's evaluation splits for one cell: ``in``/``out``, and under ``dgmamba`` the test
+    domain whole as ``all`` (it has no ``in``/``out``)."""
+    if protocol not in SPLIT_PROTOCOLS:
+        raise UnknownNameError(f"unknown --protocol {protocol!r}; valid: {', '.join(SPLIT_PROTOCOLS)}")
+    test_i = ds.index(test_domain)
+    splits = {}
+    for i, d in enumerate(ds.domains):
+        if protocol == "dgmamba" and i == test_i:
+            splits[d.name] = {"all": list(range(len(d)))}
+            continue
+        a, b = d.split(trial_seed, i, protocol)
+        splits[d.name] = {"in": a.tolist(), "out": b.tolist()}
+    return splits
 
 
 def open_dg_dataset(name: str, data_root: str | os.PathLike | None = None) -> DGDataset:

@@ -6,7 +6,8 @@ target domains lie in the input-dependent matrices. Here, for a checkpoint and i
 * each image is summarised per block by the token average of Δ (after bias and softplus,
   4 directions × D channels), of B and of C (4 × N each), and by the classifier's pooled
   final features (after the last stage and its norm);
-* source = the training domains' ``out`` images pooled, target = the test domain's ``out`` images,
+* source = the training domains' ``out`` images pooled, target = the test domain's ``out`` images
+  (its whole set under the ``dgmamba`` protocol),
   at most ``samples`` of each, drawn with a fixed seed;
 * MMD with a Gaussian kernel whose bandwidth is the median pairwise distance of the pooled
   vectors (the usual median heuristic), biased estimate, reported as sqrt(max(MMD², 0));
@@ -21,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mamba_bench.dg.data import DGDataset, seed_hash
+from mamba_bench.dg.data import DGDataset, cell_splits, seed_hash
 
 
 def mmd_rbf(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -57,15 +58,21 @@ def summaries(model, images: torch.Tensor, batch: int = 64) -> dict[str, list[to
     return res
 
 
-def domain_gap(model, ds: DGDataset, test_domain: str, seed: int, load_batch, samples: int = 100) -> dict[str, float]:
-    """MMD source vs target for Δ, B, C (mean over blocks) and Feat.; ``load_batch(domain, idx)`` → model input."""
+def domain_gap(model, ds: DGDataset, test_domain: str, seed: int, load_batch, samples: int = 100,
+               protocol: str = "domainbed") -> dict[str, float]:
+    """MMD source vs target for Δ, B, C (mean over blocks) and Feat.; ``load_batch(domain, idx)`` → model input.
+
+    The images are the ``out`` splits of the cell's protocol (the test domain's whole set under
+    ``dgmamba``, which has no ``out`` split for it)."""
     test_i = ds.index(test_domain)
+    splits = cell_splits(ds, protocol, seed, test_domain)
     src, tgt = [], []
     rng = np.random.default_rng(seed_hash(seed, "gap"))
     sources = [i for i in range(len(ds.domains)) if i != test_i]
     per_source = max(1, samples // len(sources))
     for i, d in enumerate(ds.domains):
-        out_idx = d.split(seed, i)[1]
+        part = splits[d.name]
+        out_idx = np.asarray(part["out"] if "out" in part else part["all"], np.int64)
         take = samples if i == test_i else per_source
         pick = np.sort(rng.choice(out_idx, size=min(take, len(out_idx)), replace=False))
         (tgt if i == test_i else src).append(load_batch(d, pick))

@@ -11,9 +11,10 @@ import pandas as pd
 import torch
 
 from mamba_bench.dg.algorithms import get_algorithm
-from mamba_bench.dg.data import open_dg_dataset
-from mamba_bench.dg.train import CHECKPOINT_KIND, DGTrainConfig, ImageSource, _normalise, train_cell
-from mamba_bench.errors import DataLayoutError, MambaBenchError, RunDirError
+from mamba_bench.dg.data import SPLIT_PROTOCOLS, open_dg_dataset
+from mamba_bench.dg.recipes import get_recipe
+from mamba_bench.dg.train import AUGMENTS, CHECKPOINT_KIND, DGTrainConfig, ImageSource, _normalise, train_cell
+from mamba_bench.errors import DataLayoutError, MambaBenchError, RunDirError, UnknownNameError
 from mamba_bench.results.store import atomic_write_json, atomic_write_parquet
 
 SELECTIONS = ("training-domain", "oracle", "last")
@@ -27,6 +28,11 @@ def dg_train(*, dataset: str, data_root: str | None, algorithms: list[str], test
     for a in algorithms:
         get_algorithm(a)  # every name checked before any work
     check_hparams(base.hparams, algorithms)
+    get_recipe(base.recipe)
+    if base.protocol not in SPLIT_PROTOCOLS:
+        raise UnknownNameError(f"unknown --protocol {base.protocol!r}; valid: {', '.join(SPLIT_PROTOCOLS)}")
+    if base.augment not in AUGMENTS:
+        raise UnknownNameError(f"unknown --augment {base.augment!r}; valid: {', '.join(AUGMENTS)}")
     from mamba_bench.models.registry import get_spec
 
     if get_spec(base.init).family == "dg":
@@ -134,18 +140,38 @@ def results_frame(run: Path) -> tuple[pd.DataFrame, list[str]]:
 
 
 def headline(df: pd.DataFrame, selection: str = "training-domain") -> pd.DataFrame:
-    """Test-domain accuracy (its ``in`` split, as DomainBed reports) per algorithm × test domain × seed."""
-    t = df[(df.selection == selection) & df.is_test & (df.split == "in")]
+    """Test-domain accuracy per algorithm × test domain × seed: its ``in`` split, as DomainBed reports
+    (the whole test domain, split ``all``, under the ``dgmamba`` protocol)."""
+    t = df[(df.selection == selection) & df.is_test & df.split.isin(["in", "all"])]
     return t[["algorithm", "test_domain", "seed", "accuracy"]].reset_index(drop=True)
 
 
-def summary_table(df: pd.DataFrame, selection: str = "training-domain") -> tuple[list[str], list[list[str]]]:
-    """Rows per algorithm: mean ± std over seeds per test domain, and Avg (std of the per-seed averages).
+ERROR_BARS = {
+    "sem": "standard error over seeds",  # DomainBed's collect_results.format_mean
+    "std": "std over seeds (population)",
+}
+
+
+def error_bar(v, kind: str = "sem") -> float:
+    """The spread of per-seed values ``v``: ``sem`` is DomainBed's ``collect_results.format_mean``,
+    ``np.std(data / sqrt(n))`` = population std (ddof 0) / sqrt(n); ``std`` the population std."""
+    if kind not in ERROR_BARS:
+        raise MambaBenchError(f"unknown --error-bar {kind!r}; valid: {', '.join(ERROR_BARS)}")
+    v = np.asarray(v, float)
+    sd = float(np.std(v, ddof=0))
+    return sd / np.sqrt(len(v)) if kind == "sem" else sd
+
+
+def summary_table(df: pd.DataFrame, selection: str = "training-domain", error: str = "sem"
+                  ) -> tuple[list[str], list[list[str]]]:
+    """Rows per algorithm: mean ± ``error`` over seeds per test domain, and Avg (mean ± ``error`` of the
+    per-seed averages, DomainBed's "Averages" table; its per-data-set table prints the same mean).
 
     Avg averages each seed over every test domain of the table, so only seeds that are complete for
     all of them count: a seed still missing a domain would average over a different set of domains
     and bias the mean. An algorithm without a complete seed gets "—".
     """
+    error_bar([0.0], error)  # the name checked before any work
     h = headline(df, selection)
     domains = list(dict.fromkeys(h.test_domain))
     header = ["algorithm", *domains, "Avg"]
@@ -155,16 +181,16 @@ def summary_table(df: pd.DataFrame, selection: str = "training-domain") -> tuple
         cells = []
         for d in domains:
             v = a[a.test_domain == d].accuracy
-            cells.append(_pm(v) if len(v) else "—")
+            cells.append(_pm(v, error) if len(v) else "—")
         complete = a.groupby("seed").filter(lambda g: set(g.test_domain) == set(domains))
         per_seed = complete.groupby("seed").accuracy.mean()
-        body.append([algo, *cells, _pm(per_seed) if len(per_seed) else "—"])
+        body.append([algo, *cells, _pm(per_seed, error) if len(per_seed) else "—"])
     return header, body
 
 
-def _pm(v) -> str:
+def _pm(v, error: str = "sem") -> str:
     v = np.asarray(v, float)
-    return f"{v.mean():.2f} ± {v.std(ddof=0):.2f}" if len(v) > 1 else f"{v.mean():.2f}"
+    return f"{v.mean():.2f} ± {error_bar(v, error):.2f}" if len(v) > 1 else f"{v.mean():.2f}"
 
 
 def plot_results(df: pd.DataFrame, path: Path) -> Path | None:
@@ -180,11 +206,11 @@ def plot_results(df: pd.DataFrame, path: Path) -> Path | None:
     for k, algo in enumerate(algos):
         a = h[h.algorithm == algo]
         means = [a[a.test_domain == d].accuracy.mean() for d in domains]
-        stds = [a[a.test_domain == d].accuracy.std(ddof=0) for d in domains]
-        ax.bar(np.arange(len(domains)) + k * width - 0.4 + width / 2, means, width, yerr=stds, label=algo, capsize=2)
+        errs = [error_bar(a[a.test_domain == d].accuracy) for d in domains]
+        ax.bar(np.arange(len(domains)) + k * width - 0.4 + width / 2, means, width, yerr=errs, label=algo, capsize=2)
     ax.set_xticks(np.arange(len(domains)), domains, rotation=20)
     ax.set_ylabel("test-domain top-1 (%)")
-    ax.set_title("leave-one-domain-out, training-domain validation (mean ± std over seeds)")
+    ax.set_title("leave-one-domain-out, training-domain validation (mean ± standard error over seeds)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path)
@@ -241,7 +267,8 @@ def gap_frame(run: Path, meta: dict, data_root: str | None, samples: int, device
         def load(d, idx, source=source, mean=mean, std=std):
             return _normalise(source.batch(d, idx).to(device), mean, std)
 
-        g = domain_gap(model, ds, conf["test_domain"], int(conf["seed"]), load, samples)
+        g = domain_gap(model, ds, conf["test_domain"], int(conf["seed"]), load, samples,
+                       conf.get("protocol", "ours"))
         source.pool.shutdown()
         rows.append({"algorithm": conf["algorithm"], "test_domain": conf["test_domain"], "seed": conf["seed"],
                      "delta": g["delta"], "B": g["B"], "C": g["C"], "feat": g["feat"]})

@@ -19,21 +19,26 @@ running the same command again resumes from the last evaluation with the same ra
 rewrites ``best.pt`` if the run stopped between the two). A cell whose ``last.pt`` exists is
 complete and skipped.
 
-Recipe defaults (VMamba DG literature, DGMamba/START): AdamW, lr 3e-4, weight decay 0.05,
-linear warm-up over the first 10 % of steps then cosine to 0, label smoothing 0.1, augmentation
-RandomResizedCrop(scale 0.7-1) + horizontal flip + ColorJitter(0.3, 0.3, 0.3, 0.3) + grayscale
-(p 0.1) for photographs; none for rotated-digits (DomainBed trains its digit sets without
-augmentation, and flips change digits). Images are resized to ``image_size`` squared first
-(stretched, bilinear: DomainBed's eval transform), the random crop is taken from that. The
-checkpoints record that resize (``resize_mode``, ``interpolation``), and ``predict`` / ``corrupt``
-preprocess with it instead of the ImageNet resize + center crop.
+The recipe (optimiser, schedule, loss, augmentation, regularisers: :mod:`mamba_bench.dg.recipes`)
+is ``cfg.recipe``; the splits and evaluation points are ``cfg.protocol``'s:
+
+* ``domainbed`` evaluates as DomainBed's ``scripts/train.py``, whose loop evaluates at step indices
+  ``s % checkpoint_freq == 0`` and at the last one, each *after* that step's update: after update 1
+  (DomainBed's "step 0"), 1 + every, 1 + 2·every, ... and the last. Steps here count updates done,
+  so DomainBed's step s is recorded as step s + 1;
+* ``dgmamba`` and ``ours`` evaluate after updates every, 2·every, ... and the last (DGMamba: every
+  epoch of 200 updates).
+
+Evaluation images are stretched to ``image_size`` squared (bilinear: DomainBed's and DGMamba's
+eval transform, ``Resize((224, 224))``). The checkpoints record that resize (``resize_mode``,
+``interpolation``), and ``predict`` / ``corrupt`` preprocess with it instead of the ImageNet resize
++ center crop.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -45,7 +50,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mamba_bench.dg.algorithms import get_algorithm
-from mamba_bench.dg.data import DGDataset, Domain, seed_hash
+from mamba_bench.dg.data import DGDataset, Domain, cell_splits, seed_hash
+from mamba_bench.dg.recipes import (
+    build_optimizer,
+    get_recipe,
+    lr_lambda,
+    mixup_cutmix,
+    set_drop_path,
+    soft_cross_entropy,
+    warmup_cosine,
+)
 from mamba_bench.errors import MambaBenchError, RunDirError
 from mamba_bench.models.registry import DG_KIND
 from mamba_bench.results.store import atomic_write_bytes, atomic_write_json
@@ -73,6 +87,8 @@ class DGTrainConfig:
     eval_every: int = 50
     augment: str = "imagenet"
     hparams: dict = field(default_factory=dict)
+    protocol: str = "domainbed"     # splits and evaluation points: domainbed, dgmamba or ours
+    recipe: str = "ours"            # optimiser, schedule, loss, regularisers (mamba_bench.dg.recipes)
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True, default=list).encode()).hexdigest()[:16]
@@ -81,11 +97,16 @@ class DGTrainConfig:
         return Path(out) / self.algorithm / self.test_domain / f"seed{self.seed}"
 
 
-def lr_factor(step: int, steps: int, warmup: int) -> float:
-    """Linear warm-up to 1 over ``warmup`` steps, then cosine to 0 at ``steps``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+lr_factor = warmup_cosine  # recipe ``ours``'s schedule (the name earlier code imported)
+
+
+def eval_due(step: int, steps: int, every: int, protocol: str) -> bool:
+    """Whether to evaluate after ``step`` updates (see the module docstring)."""
+    if step == steps:
+        return True
+    if protocol == "domainbed":
+        return (step - 1) % every == 0
+    return step % every == 0
 
 
 # -- images ------------------------------------------------------------------------------------------------
@@ -107,6 +128,26 @@ class ImageSource:
             img = load_image_rgb(domain.paths[i])
         return stretch_resize(img, self.size, INTERPOLATION)
 
+    def original(self, domain: Domain, i: int) -> torch.Tensor:
+        """One image at its own size, uint8 (3, H, W): what DomainBed's and DGMamba's training
+        transforms crop from (``RandomResizedCrop`` of the decoded image, no resize first)."""
+        from PIL import Image
+
+        from mamba_bench.data.images import load_image_rgb
+
+        if domain.arrays is not None:
+            arr = np.array(Image.fromarray(domain.arrays[i]).convert("RGB"))
+        else:
+            arr = np.array(load_image_rgb(domain.paths[i]))
+        return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
+
+    def augmented(self, domain: Domain, idx: np.ndarray, augment) -> torch.Tensor:
+        """uint8 (n, 3, S, S): ``augment`` applied to each image, from the original (``augment.from_original``)
+        or from the stretched ``S`` x ``S`` image."""
+        if augment.from_original:
+            return torch.stack(list(self.pool.map(lambda i: augment(self.original(domain, int(i))), idx)))
+        return torch.stack([augment(img) for img in self.batch(domain, idx)])
+
     def batch(self, domain: Domain, idx: np.ndarray) -> torch.Tensor:
         if domain.arrays is not None and domain.arrays.shape[1] == self.size:
             arr = domain.arrays[idx]
@@ -115,15 +156,23 @@ class ImageSource:
         return torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2)
 
 
+AUGMENTS = ("imagenet", "domainbed", "none")
+
+
 def _augmenter(kind: str, size: int):
+    """``imagenet``: RandomResizedCrop(0.7-1) of the image stretched to ``size``, flip, ColorJitter(0.3 ×4),
+    grayscale p 0.1; ``domainbed``: the same transforms with the crop taken from the original image
+    (DomainBed's ``datasets.py`` augment_transform, DGMamba's ``image_train``); ``none``."""
     if kind == "none":
         return None
-    if kind != "imagenet":
-        raise MambaBenchError(f"unknown --augment {kind!r}; valid: imagenet, none")
+    if kind not in AUGMENTS:
+        raise MambaBenchError(f"unknown --augment {kind!r}; valid: {', '.join(AUGMENTS)}")
     from torchvision.transforms import v2
 
-    return v2.Compose([v2.RandomResizedCrop(size, scale=(0.7, 1.0), antialias=True), v2.RandomHorizontalFlip(),
-                       v2.ColorJitter(0.3, 0.3, 0.3, 0.3), v2.RandomGrayscale(0.1)])
+    aug = v2.Compose([v2.RandomResizedCrop(size, scale=(0.7, 1.0), antialias=True), v2.RandomHorizontalFlip(),
+                      v2.ColorJitter(0.3, 0.3, 0.3, 0.3), v2.RandomGrayscale(0.1)])
+    aug.from_original = kind == "domainbed"
+    return aug
 
 
 def _normalise(x: torch.Tensor, mean, std) -> torch.Tensor:
@@ -179,16 +228,20 @@ def checkpoint_metadata(cfg: DGTrainConfig, ds: DGDataset, splits: dict, step: i
 # -- one cell ------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def evaluate(model: nn.Module, ds: DGDataset, splits: dict, source: ImageSource, mean, std, device,
-             batch: int = 128) -> list[dict]:
+             batch: int = 128, augment=None, augment_domains: frozenset[str] = frozenset()) -> list[dict]:
+    """Accuracy of every split of every domain; ``augment_domains`` are seen through ``augment``
+    (DomainBed evaluates its training domains with their training transform)."""
     model.eval()
     rows = []
     for d in ds.domains:
-        for split in ("in", "out"):
-            idx = np.asarray(splits[d.name][split], np.int64)
+        for split, keys in splits[d.name].items():
+            idx = np.asarray(keys, np.int64)
             correct = 0
             for a in range(0, len(idx), batch):
                 part = idx[a:a + batch]
-                x = _normalise(source.batch(d, part).to(device), mean, std)
+                imgs = (source.augmented(d, part, augment) if augment is not None and d.name in augment_domains
+                        else source.batch(d, part))
+                x = _normalise(imgs.to(device), mean, std)
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
                     pred = model(x).argmax(1).cpu()
                 correct += int((pred == torch.from_numpy(d.labels[part])).sum())
@@ -233,23 +286,26 @@ def train_cell(cfg: DGTrainConfig, ds: DGDataset, out: Path, *, device: torch.de
     atomic_write_json(conf_path, json.loads(json.dumps(conf, default=list)))
 
     test_i = ds.index(cfg.test_domain)
-    splits = {}
-    for i, d in enumerate(ds.domains):
-        a, b = d.split(cfg.seed, i)
-        splits[d.name] = {"in": a.tolist(), "out": b.tolist()}
-    split_sizes = {k: {"in": len(v["in"]), "out": len(v["out"])} for k, v in splits.items()}
+    splits = cell_splits(ds, cfg.protocol, cfg.seed, cfg.test_domain)
+    split_sizes = {k: {name: len(idx) for name, idx in v.items()} for k, v in splits.items()}
     spec = get_spec(cfg.init)
     mean, std = spec.mean, spec.std
     algo = get_algorithm(cfg.algorithm)
     hparams = {**algo.defaults, **cfg.hparams}
+    recipe = get_recipe(cfg.recipe)
     model = build_dg_model(cfg.init, cfg.weights, len(ds.classes), cfg.seed, cache_dir).to(device)
+    if recipe.drop_path > 0:
+        set_drop_path(model, recipe.drop_path)
     handle = algo.attach(model, hparams)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warmup = max(1, int(cfg.warmup_fraction * cfg.steps))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.steps, warmup))
     train_domains = [i for i in range(len(ds.domains)) if i != test_i]
+    opt = build_optimizer(model, recipe, cfg.lr, cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(recipe, cfg.lr, cfg.steps, cfg.warmup_fraction,
+                                                             len(train_domains)))
     gens = {i: torch.Generator().manual_seed(seed_hash(cfg.seed, "sampler", i)) for i in train_domains}
+    mix_gen = torch.Generator().manual_seed(seed_hash(cfg.seed, "mixup"))
+    mixing = recipe.mixup > 0 or recipe.cutmix > 0
     augment = _augmenter(cfg.augment, cfg.image_size)
+    eval_aug = frozenset(ds.domains[i].name for i in train_domains) if recipe.eval_augment_sources else frozenset()
     source = ImageSource(cfg.image_size, threads)
     evals: list[dict] = []
     step = 0
@@ -263,6 +319,7 @@ def train_cell(cfg: DGTrainConfig, ds: DGDataset, out: Path, *, device: torch.de
         step, evals, best = st["step"], json.loads(st["evals"]), json.loads(st["best"])
         for i in train_domains:
             gens[i].set_state(st["gens"][str(i)])
+        mix_gen.set_state(st["mix_gen"])
         torch.set_rng_state(st["rng"])
         if device.type == "cuda" and "cuda_rng" in st:
             torch.cuda.set_rng_state(st["cuda_rng"])
@@ -285,27 +342,31 @@ def train_cell(cfg: DGTrainConfig, ds: DGDataset, out: Path, *, device: torch.de
             d = ds.domains[i]
             pool = np.asarray(splits[d.name]["in"], np.int64)
             pick = pool[torch.randint(len(pool), (cfg.batch_size,), generator=gens[i]).numpy()]
-            xb = source.batch(d, pick)
-            if augment is not None:
-                xb = torch.stack([augment(img) for img in xb])
-            xs.append(xb)
+            xs.append(source.batch(d, pick) if augment is None else source.augmented(d, pick, augment))
             ys.append(torch.from_numpy(d.labels[pick]))
         x = _normalise(torch.cat(xs).to(device), mean, std)
         y = torch.cat(ys).to(device)
+        if mixing:  # labels become soft targets with the label smoothing folded in (timm's Mixup)
+            x, soft = mixup_cutmix(x, y, len(ds.classes), recipe.mixup, recipe.cutmix, cfg.label_smoothing, mix_gen)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = model(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+        if mixing:
+            loss = soft_cross_entropy(logits.float(), soft)
+        else:
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
         if not torch.isfinite(loss):
             raise MambaBenchError(f"{cell}: the loss became {float(loss)} at step {step}; lower --lr")
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if recipe.clip_grad is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_grad)
         opt.step()
         sched.step()
         step += 1
         loss_sum += float(loss.detach())
         loss_n += 1
-        if step % cfg.eval_every == 0 or step == cfg.steps:
-            rows = evaluate(model, ds, splits, source, mean, std, device)
+        if eval_due(step, cfg.steps, cfg.eval_every, cfg.protocol):
+            rows = evaluate(model, ds, splits, source, mean, std, device, augment=augment, augment_domains=eval_aug)
             for r in rows:
                 r["step"] = step
             evals += rows
@@ -319,7 +380,7 @@ def train_cell(cfg: DGTrainConfig, ds: DGDataset, out: Path, *, device: torch.de
             loss_sum, loss_n = 0.0, 0
             st = {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step,
                   "evals": json.dumps(evals), "best": json.dumps(best), "rng": torch.get_rng_state(),
-                  "gens": {str(i): g.get_state() for i, g in gens.items()}}
+                  "gens": {str(i): g.get_state() for i, g in gens.items()}, "mix_gen": mix_gen.get_state()}
             if device.type == "cuda":
                 st["cuda_rng"] = torch.cuda.get_rng_state()
             import io

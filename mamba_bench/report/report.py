@@ -158,7 +158,7 @@ def _dg_section(doc: _Doc, run: Run, out: Path) -> None:
     doc.meta([("path", run.path), ("data set", man.get("dataset")), ("domains", ", ".join(man.get("domains", [])))])
     for selection in ("training-domain", "oracle"):
         header, body = summary_table(run.tables["dg"], selection)
-        doc.heading(3, f"Test-domain top-1 (%), {selection} selection, mean ± std over seeds")
+        doc.heading(3, f"Test-domain top-1 (%), {selection} selection, mean ± standard error over seeds")
         doc.table(pd.DataFrame(body, columns=header))
     if "gap" in run.tables:
         g = run.tables["gap"].groupby("algorithm", sort=False)[["delta", "B", "C", "feat"]].mean().reset_index()

@@ -3,16 +3,26 @@
 * ``scratch``: random initialisation (seeded);
 * ``full``: every weight from ``--init``, all trained;
 * ``freeze``: like ``full`` for ``freeze_warmup`` iterations (1 <= warm-up < iters, counted in the
-  budget) while the mean absolute gradient of every parameter tensor is accumulated; then every
-  tensor whose mean |grad| is below ``freeze_threshold`` (0 < threshold <= 1) × the median over all
-  tensors is frozen (``requires_grad`` off) and the optimiser is rebuilt over the rest, so neither
-  momentum nor weight decay moves the frozen tensors any more, while the rest keep their AdamW
-  state. The report saw near-zero gradients in the Mamba layers (its Figure 1): this rule finds
-  such tensors wherever they are, and the closing table says which were frozen.
+  budget; default ``min(50, max(1, iters // 10))``, so a short run works) while the mean absolute
+  gradient of every parameter tensor is accumulated; then every tensor whose mean |grad| is below
+  ``freeze_threshold`` (0 < threshold <= 1) × the median over all tensors is frozen
+  (``requires_grad`` off) and the optimiser is rebuilt over the rest, so neither momentum nor
+  weight decay moves the frozen tensors any more, while the rest keep their optimiser state (SGD
+  momentum buffers or AdamW moments). The report saw near-zero gradients in the Mamba layers (its
+  Figure 1): this rule finds such tensors wherever they are, and the closing table says which were
+  frozen.
 
-Loss: cross-entropy + (1 − soft Dice of the road class), on every decoder level with nnU-Net's
-deep-supervision weights (1, 1/2, 1/4, ... normalised); the report's "unnormalised" Dice term
-(which made its validation loss negative) is replaced by 1 − Dice so the loss stays ≥ 0.
+Optimiser (``optimizer``): ``sgd`` (default), nnU-Net's ``nnUNetTrainer`` (U-Mamba's trainers
+inherit it): SGD, Nesterov, momentum 0.99, lr 1e-2, weight decay 3e-5, gradient norm clipped at 12,
+poly schedule ``lr · (1 − t/T)^0.9`` — nnU-Net steps it once per epoch of 250 iterations over 1000
+epochs, here once per iteration over the budget; ``adamw``: our earlier AdamW, lr 1e-3, weight
+decay 1e-4, the same poly schedule, no clipping.
+
+Loss: cross-entropy + (1 − soft Dice of the road class over the batch), on every decoder level with
+nnU-Net's deep-supervision weights for the official architecture (``nnUNetTrainer._build_loss``:
+1, 1/2, 1/4, ... with the coarsest output's weight set to 0, normalised to sum 1) and our earlier
+1, 1/2, 1/4, ... normalised for ``arch="ours"``. nnU-Net's Dice term is −Dice (its loss goes
+negative; the report's "unnormalised" Dice); 1 − Dice differs by a constant, the same gradients.
 Training samples random ``crop``-sized crops of the training tiles with flips and 90° rotations;
 evaluation runs tiled inference over whole validation tiles (windows of ``crop`` with half
 overlap, softmax averaged) and reports road Dice and IoU over all pixels and the validation loss.
@@ -41,12 +51,31 @@ from mamba_bench.dg.data import seed_hash
 from mamba_bench.errors import CheckpointError, MambaBenchError, RunDirError
 from mamba_bench.results.store import atomic_write_bytes, atomic_write_json, atomic_write_parquet
 from mamba_bench.seg.roads import RoadSplit, open_roads
-from mamba_bench.seg.umamba import UMamba, build_umamba
+from mamba_bench.seg.umamba import ARCHES, UMamba, build_umamba
 
 MODES = ("scratch", "full", "freeze")
 CHECKPOINT_KIND = "mamba-bench finetune checkpoint"
 METRIC_COLUMNS = ["mode", "step", "dice", "iou", "val_loss", "trainable_params", "frozen_tensors", "sec_per_iter",
                   "peak_mem_mb"]
+#: nnU-Net's nnUNetTrainer (SGD) and our earlier AdamW
+OPTIMIZERS = {"sgd": {"lr": 1e-2, "weight_decay": 3e-5, "momentum": 0.99, "clip": 12.0},
+              "adamw": {"lr": 1e-3, "weight_decay": 1e-4, "clip": None}}
+
+
+def default_freeze_warmup(iters: int) -> int:
+    """--freeze-warmup's default: a tenth of the budget, at least 1 and at most 50."""
+    return min(50, max(1, iters // 10))
+
+
+def deep_supervision_weights(n: int, scheme: str = "nnunet") -> torch.Tensor:
+    """Loss weights of ``n`` outputs, fine to coarse: nnU-Net's 1/2^i with the coarsest set to 0 (for
+    n > 1), or our earlier 1/2^i; normalised to sum 1."""
+    w = torch.tensor([0.5 ** i for i in range(n)])
+    if scheme == "nnunet" and n > 1:
+        w[-1] = 0.0
+    return w / w.sum()
+
+
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
@@ -60,13 +89,26 @@ class FinetuneConfig:
     iters: int = 6000
     crop: int = 256
     batch_size: int = 8
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
+    lr: float | None = None            # default: the optimiser's (sgd 1e-2, adamw 1e-3)
+    weight_decay: float | None = None  # default: the optimiser's (sgd 3e-5, adamw 1e-4)
     eval_every: int = 500
     seed: int = 0
     deep_supervision: bool = True
-    freeze_warmup: int = 50
+    freeze_warmup: int | None = None   # default: min(50, max(1, iters // 10))
     freeze_threshold: float = 0.05
+    optimizer: str = "sgd"
+    arch: str = "official"
+
+    def __post_init__(self):
+        if self.arch not in ARCHES:
+            raise MambaBenchError(f"unknown --arch-variant {self.arch!r}; valid: {', '.join(ARCHES)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise MambaBenchError(f"unknown --optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+        for key in ("lr", "weight_decay"):
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, OPTIMIZERS[self.optimizer][key])
+        if self.freeze_warmup is None:
+            object.__setattr__(self, "freeze_warmup", default_freeze_warmup(self.iters))
 
     def fingerprint(self, mode: str) -> str:
         import hashlib
@@ -75,14 +117,16 @@ class FinetuneConfig:
 
 
 # -- loss and metrics --------------------------------------------------------------------------------------------
-def seg_loss(outs, mask: torch.Tensor) -> torch.Tensor:
-    """CE + (1 − soft Dice of class 1) per level, deep-supervision weights 1, 1/2, 1/4, ... normalised."""
+def seg_loss(outs, mask: torch.Tensor, scheme: str = "nnunet") -> torch.Tensor:
+    """CE + (1 − soft Dice of class 1) per level, :func:`deep_supervision_weights` (levels of weight 0
+    are skipped, as nnU-Net's DeepSupervisionWrapper does)."""
     if isinstance(outs, torch.Tensor):
         outs = [outs]
-    weights = torch.tensor([0.5 ** i for i in range(len(outs))])
-    weights = weights / weights.sum()
+    weights = deep_supervision_weights(len(outs), scheme)
     total = 0.0
     for w, logits in zip(weights, outs, strict=True):
+        if w == 0:
+            continue
         target = mask
         if logits.shape[-1] != mask.shape[-1]:
             target = F.interpolate(mask[:, None].float(), size=logits.shape[-2:], mode="nearest")[:, 0].long()
@@ -176,7 +220,9 @@ def load_init(model: nn.Module, path: str) -> None:
     try:
         check_fit(model, state, "this U-Mamba")
     except CheckpointError as exc:
-        arch = f" (it is a {md.get('model')} of width {md.get('width')})" if md.get("kind") == CHECKPOINT_KIND else ""
+        arch = (f" (it is a {md.get('model')} of width {md.get('width')}"
+                + (f", --arch-variant {md['arch']}, --crop {md.get('crop')}" if "arch" in md else "")
+                + ")") if md.get("kind") == CHECKPOINT_KIND else ""
         raise CheckpointError(f"--init {path} does not fit this U-Mamba{arch}: {exc}") from None
     model.load_state_dict(state, strict=True)
 
@@ -194,6 +240,9 @@ def _peak_mb(device) -> float | None:
 
 def check_freeze_config(cfg: FinetuneConfig) -> None:
     """The freeze regime needs a warm-up inside the budget and a threshold that keeps tensors trainable."""
+    if cfg.iters < 2:
+        raise MambaBenchError(f"--mode freeze needs --iters of at least 2 (a warm-up, then frozen iterations), "
+                              f"got {cfg.iters}")
     if not 1 <= cfg.freeze_warmup < cfg.iters:
         raise MambaBenchError(f"--freeze-warmup must be at least 1 and below --iters ({cfg.iters}), got "
                               f"{cfg.freeze_warmup} (0 measures no gradients and freezes nothing)")
@@ -204,7 +253,11 @@ def check_freeze_config(cfg: FinetuneConfig) -> None:
 
 def _optimizer(model, cfg: FinetuneConfig, step: int):
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":  # nnUNetTrainer.configure_optimizers
+        opt = torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=OPTIMIZERS["sgd"]["momentum"],
+                              nesterov=True)
+    else:
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     for g in opt.param_groups:
         g["initial_lr"] = cfg.lr
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (1 - s / cfg.iters) ** 0.9, last_epoch=step - 1)
@@ -212,12 +265,13 @@ def _optimizer(model, cfg: FinetuneConfig, step: int):
 
 
 def rebuild_optimizer(model, old: torch.optim.Optimizer, cfg: FinetuneConfig, step: int):
-    """The optimiser over the still-trainable tensors, keeping their AdamW moments and step counts.
+    """The optimiser over the still-trainable tensors, keeping their state (AdamW moments and step counts,
+    SGD momentum buffers).
 
     The frozen tensors leave it (so neither momentum nor weight decay moves them); the others carry
     on exactly as with the old optimiser.
     """
-    if not any(p.requires_grad for p in model.parameters()):  # AdamW([]) would raise a bare ValueError
+    if not any(p.requires_grad for p in model.parameters()):  # an empty optimiser would raise a bare ValueError
         raise MambaBenchError("the freeze rule froze every tensor; use a lower --freeze-threshold")
     opt, sched = _optimizer(model, cfg, step)
     for p in opt.param_groups[0]["params"]:
@@ -243,7 +297,7 @@ def run_mode(cfg: FinetuneConfig, mode: str, train: RoadSplit, valid: RoadSplit,
     atomic_write_json(mdir / "config.json", conf)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed_hash(cfg.seed, "init"))
-        model = build_umamba(cfg.model, cfg.width)
+        model = build_umamba(cfg.model, cfg.width, arch=cfg.arch, input_size=cfg.crop)
     model.deep_supervision = cfg.deep_supervision
     if mode != "scratch":
         load_init(model, cfg.init)
@@ -274,11 +328,13 @@ def run_mode(cfg: FinetuneConfig, mode: str, train: RoadSplit, valid: RoadSplit,
         t0 = time.perf_counter()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
             outs = model(x)
-        loss = seg_loss(outs, y)
+        loss = seg_loss(outs, y, "nnunet" if cfg.arch == "official" else "ours")
         if not torch.isfinite(loss):
             raise MambaBenchError(f"{mode}: the loss became {float(loss)} at step {step}; lower --lr")
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if OPTIMIZERS[cfg.optimizer]["clip"] is not None:  # nnUNetTrainer.train_step: clip_grad_norm_(..., 12)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), OPTIMIZERS[cfg.optimizer]["clip"])
         if mode == "freeze" and step < cfg.freeze_warmup:
             for n, p in model.named_parameters():
                 if p.grad is not None:
@@ -312,7 +368,8 @@ def run_mode(cfg: FinetuneConfig, mode: str, train: RoadSplit, valid: RoadSplit,
     from mamba_bench.models.weights import save_checkpoint
 
     save_checkpoint(model, mdir / "last.pt", {"kind": CHECKPOINT_KIND, "model": cfg.model, "width": str(cfg.width),
-                                              "mode": mode, "step": str(step), "config": json.dumps(asdict(cfg))})
+                                              "arch": cfg.arch, "crop": str(cfg.crop), "mode": mode,
+                                              "step": str(step), "config": json.dumps(asdict(cfg))})
     atomic_write_json(mdir / "metrics.json", {"rows": rows, "frozen": frozen,
                                               "grad_magnitude": grad_acc})
     _write_metrics(out)
