@@ -131,10 +131,13 @@ def test_set_scan_backend_reaches_vmamba_and_umamba():
     from mamba_bench.seg.umamba import build_umamba
 
     vm = get_spec("vmamba-nano").build()
-    um = build_umamba("umamba-enc", width=4)
+    um = build_umamba("umamba-enc", width=4, arch="ours")  # a Mamba layer after each of stages 1-4
+    official = build_umamba("umamba-enc", width=4, input_size=64)  # stages 0, 2, 4 of 5
     assert set_scan_backend(vm, "torch") == sum(len(s.blocks) for s in vm.layers) and set_scan_backend(um, "ref") == 4
+    assert set_scan_backend(official, "ref") == 3
     assert {m.scan_backend for m in vm.modules() if hasattr(m, "scan_backend")} == {"torch"}
-    assert {m.scan_backend for m in um.modules() if hasattr(m, "scan_backend")} == {"ref"}
+    for net in (um, official):
+        assert {m.scan_backend for m in net.modules() if hasattr(m, "scan_backend")} == {"ref"}
     with pytest.raises(ValueError, match="unknown selective-scan backend"):
         set_scan_backend(vm, "fast")
 
