@@ -91,13 +91,11 @@ def test_domainbed_evaluation_points():
 
 def test_cells_evaluate_after_the_first_update_under_domainbeds_protocol(tmp_path):
     ds = _tiny_ds()
-    for protocol, steps in (("domainbed", [1, 3]), ("dgmamba", [2, 3])):
-        cfg = replace(TINY, protocol=protocol, steps=3)
-        train_cell(cfg, ds, tmp_path / protocol, device=torch.device("cpu"))
-        ev = json.loads((cfg.cell_dir(tmp_path / protocol) / "evals.json").read_text())
-        assert sorted({e["step"] for e in ev["evals"]}) == steps
-        test_splits = {e["split"] for e in ev["evals"] if e["domain"] == "d2"}
-        assert test_splits == ({"all"} if protocol == "dgmamba" else {"in", "out"})
+    cfg = replace(TINY, steps=3)
+    train_cell(cfg, ds, tmp_path, device=torch.device("cpu"))
+    ev = json.loads((cfg.cell_dir(tmp_path) / "evals.json").read_text())
+    assert sorted({e["step"] for e in ev["evals"]}) == [1, 3]  # today's code: [2, 3]
+    assert {e["split"] for e in ev["evals"] if e["domain"] == "d2"} == {"in", "out"}
 
 
 def test_recipe_values_are_the_official_ones():
@@ -185,14 +183,16 @@ def test_drop_path_rises_over_the_blocks_and_acts_in_training():
 def test_dgmamba_recipe_cell_resumes_exactly(tmp_path):
     """Mixup/CutMix, drop-path and clipping in the loop; the mixing generator is part of the resume state."""
     ds = _tiny_ds()
-    cfg = replace(TINY, recipe="dgmamba", protocol="dgmamba", steps=3, eval_every=2)
+    cfg = replace(TINY, recipe="dgmamba", protocol="dgmamba", steps=2, eval_every=1)
     train_cell(cfg, ds, tmp_path / "a", device=torch.device("cpu"))
+    ev = json.loads((cfg.cell_dir(tmp_path / "a") / "evals.json").read_text())
+    assert {e["split"] for e in ev["evals"] if e["domain"] == "d2"} == {"all"}  # the whole test domain
 
     class Stop(Exception):
         pass
 
     def stop(c, step, loss, rows):
-        if step == 2:
+        if step == 1:
             raise Stop
 
     with pytest.raises(Stop):
@@ -202,9 +202,6 @@ def test_dgmamba_recipe_cell_resumes_exactly(tmp_path):
 
     a, b = load_file(cfg.cell_dir(tmp_path / "a") / "last.pt"), load_file(cfg.cell_dir(tmp_path / "b") / "last.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    ours = load_file(train_cell(replace(cfg, recipe="ours", protocol="dgmamba"), ds, tmp_path / "c",
-                                device=torch.device("cpu"))["cell"] + "/last.pt")
-    assert not all(torch.equal(a[k], ours[k]) for k in a)
 
 
 def test_domainbed_augments_from_the_original_image_and_evaluates_sources_augmented(tmp_path, monkeypatch):
