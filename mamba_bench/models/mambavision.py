@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from mamba_bench.models.family import DropPath, depthwise_conv1d, hub_fields, pretrained_cfg
 from mamba_bench.models.internals import SSMBlock
 from mamba_bench.models.registry import ModelSpec, get_spec, register
-from mamba_bench.ops.selective_scan import selective_scan
+from mamba_bench.ops.selective_scan import selective_scan, set_scan_backend
 
 MAMBAVISION_INTERNALS = frozenset({"in", "conv", "x", "delta", "B", "C", "scan", "ssm", "out"})
 
@@ -352,9 +352,7 @@ class MambaVision(nn.Module):
             nn.init.zeros_(m.bias)
 
     def set_scan_backend(self, backend: str) -> None:
-        for m in self.modules():
-            if isinstance(m, MambaVisionMixer):
-                m.scan_backend = backend
+        set_scan_backend(self, backend)  # every scan module of the model, the backend's name checked
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last level's map after the final BatchNorm, (b, C, H/32, W/32)."""

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from mamba_bench.models.family import DropPath, depthwise_conv1d, hub_fields, pretrained_cfg
 from mamba_bench.models.internals import SSMBlock
 from mamba_bench.models.registry import ModelSpec, get_spec, register
-from mamba_bench.ops.selective_scan import selective_scan
+from mamba_bench.ops.selective_scan import selective_scan, set_scan_backend
 
 VIM_INTERNALS = frozenset({"in", "z", "conv", "x", "delta", "B", "C", "scan", "ssm", "out"})
 
@@ -272,8 +272,7 @@ class VisionMamba(nn.Module):
             blk.mixer.out_proj.weight /= math.sqrt(self.cfg.depth)
 
     def set_scan_backend(self, backend: str) -> None:
-        for blk in self.layers:
-            blk.mixer.scan_backend = backend
+        set_scan_backend(self, backend)  # every scan module of the model, the backend's name checked
 
     def _position_embedding(self, h: int, w: int) -> torch.Tensor:
         pe = self.pos_embed

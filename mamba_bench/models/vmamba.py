@@ -34,6 +34,7 @@ from mamba_bench.ops.selective_scan import (
     fused_ss2d_available,
     fused_ss2d_triton_available,
     selective_scan,
+    set_scan_backend,
     ss2d_scan_cpu,
     ss2d_scan_triton,
 )
@@ -370,9 +371,7 @@ class VMamba(nn.Module):
             nn.init.zeros_(m.bias)
 
     def set_scan_backend(self, backend: str) -> None:
-        for m in self.modules():
-            if isinstance(m, SS2D):
-                m.scan_backend = backend
+        set_scan_backend(self, backend)  # every scan module of the model, the backend's name checked
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         # CPU inference without hooks (a hook could keep a tensor that is then overwritten, or be
