@@ -1,6 +1,11 @@
 """Write the key → shape lists of every released Vim and MambaVision config, from the official code.
 
 Usage: PYTHONPATH=EINOPS_DIR python scripts/make_official_key_lists.py VIM_CHECKOUT MAMBAVISION_CHECKOUT
+       python scripts/make_official_key_lists.py --vmamba-v0 VMAMBA_CHECKOUT/classification/models
+
+The second form writes ``tests/data/vmamba_v0_keys.json`` from the official
+``vanilla_vmamba_tiny/small/base`` (MzeroMiko/VMamba ``classification/models/vmamba.py``, imported
+as ``scripts/check_vmamba_official.py`` does: FLOP-counting and Mamba-2 imports stubbed).
 
 Builds each official model (hustvl/Vim ``vim/models_mamba.py`` entry points, NVlabs/MambaVision
 ``mamba_vision_*`` entry points) on CPU (the official constructors call ``.item()``, so the meta
@@ -41,7 +46,30 @@ def keys(model: torch.nn.Module) -> list:
     return [[k, list(v.shape)] for k, v in model.state_dict().items()]
 
 
+VMAMBA_V0 = {"vmamba-t-v0": "vanilla_vmamba_tiny", "vmamba-s-v0": "vanilla_vmamba_small",
+             "vmamba-b-v0": "vanilla_vmamba_base"}
+
+
+def vmamba_v0(models_dir: str) -> int:
+    import types
+
+    sys.path.insert(0, models_dir)
+    for name in ("fvcore", "fvcore.nn", "einops"):
+        mod = types.ModuleType(name)
+        mod.FlopCountAnalysis = mod.flop_count_str = mod.flop_count = mod.parameter_count = None
+        mod.rearrange = mod.repeat = None
+        sys.modules.setdefault(name, mod)
+    import vmamba as official
+
+    out = {ours: {"official": fn, "keys": keys(getattr(official, fn)())} for ours, fn in VMAMBA_V0.items()}
+    (OUT / "vmamba_v0_keys.json").write_text(json.dumps(out, separators=(",", ":")) + "\n")
+    print("vmamba_v0_keys.json", {k: len(v["keys"]) for k, v in out.items()})
+    return 0
+
+
 def main() -> int:
+    if sys.argv[1] == "--vmamba-v0":
+        return vmamba_v0(sys.argv[2])
     vim_root, mv_root = sys.argv[1], sys.argv[2]
     vim_mod = official_vim(vim_root)
     out = {}

@@ -88,14 +88,15 @@ def test_rotated_digits_domains_are_disjoint_rotations():
         ds.index("90deg")
 
 
-def _nano():
+def _nano(arch: str = "vmamba-nano"):
     torch.manual_seed(0)
-    return get_spec("vmamba-nano").build(10)
+    return get_spec(arch).build(10)
 
 
+@pytest.mark.parametrize("arch", ["vmamba-nano", "vmamba-nano-v0"])
 @pytest.mark.parametrize("name", ["start-m", "start-x", "mixstyle", "dsu", "dsu-ours"])
-def test_algorithms_perturb_training_only_and_detach(name):
-    model = _nano()
+def test_algorithms_perturb_training_only_and_detach(name, arch):
+    model = _nano(arch)
     x = torch.randn(6, 3, 32, 32)
     model.train()
     torch.manual_seed(1)

@@ -226,8 +226,8 @@ def timm_registered():
     return timm
 
 
-@pytest.mark.parametrize("timm_name,features", [("vmamba_nano", (256, 2, 2)), ("vim_nano_patch8_64", (65, 32)),
-                                                ("mambavision_nano", (128, 2, 2))])
+@pytest.mark.parametrize("timm_name,features", [("vmamba_nano", (256, 2, 2)), ("vanilla_vmamba_nano", (256, 2, 2)),
+                                                ("vim_nano_patch8_64", (65, 32)), ("mambavision_nano", (128, 2, 2))])
 def test_timm_model_api(timm_registered, timm_name, features):
     timm = timm_registered
     model = timm.create_model(timm_name, pretrained=False, num_classes=7)
@@ -257,7 +257,8 @@ def test_timm_model_api(timm_registered, timm_name, features):
 
 def test_timm_names_of_the_released_configs(timm_registered):
     timm = timm_registered
-    assert {"vmamba_tiny_s1l8", "vim_tiny_patch16_224", "vim_small_patch16_stride8_224", "mambavision_large2"} <= set(
+    assert {"vmamba_tiny_s1l8", "vanilla_vmamba_tiny",
+            "vim_tiny_patch16_224", "vim_small_patch16_stride8_224", "mambavision_large2"} <= set(
         timm.list_models(pretrained=True))
     cfg = timm.models.get_pretrained_cfg("mambavision_small")
     assert (cfg.crop_pct, cfg.interpolation, cfg.hf_hub_id) == (0.93, "bicubic", get_spec("mambavision-s").hf_hub_id)

@@ -73,10 +73,12 @@ def test_checkpoint_of_the_right_config_names_its_mis_shaped_keys(tmp_path):
 
 
 def test_v0_checkpoint_gets_a_clear_message(tmp_path):
-    v0 = {"patch_embed.proj.weight": torch.zeros(96, 3, 4, 4),
-          "layers.0.blocks.0.self_attention.A_logs": torch.zeros(4, 16)}
+    """A legacy-named v0 file that matches no entry: named as a v0 checkpoint (v0 entries: test_vmamba_v0.py)."""
+    v0 = {"patch_embed.proj.weight": torch.zeros(48, 3, 4, 4),
+          "layers.0.blocks.0.self_attention.in_proj.weight": torch.zeros(192, 48),
+          "layers.0.blocks.0.self_attention.A_logs": torch.zeros(384, 16)}
     torch.save({"model": v0}, tmp_path / "v0.pth")
-    with pytest.raises(CheckpointError, match="v0 .* checkpoint"):
+    with pytest.raises(CheckpointError, match=r"VMamba v0 \('vanilla'\) checkpoint of depths \[1\], dim 48"):
         create_model("vmamba-nano", weights=str(tmp_path / "v0.pth"))
 
 

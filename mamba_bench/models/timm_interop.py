@@ -24,14 +24,18 @@ from mamba_bench.models.mambavision import MAMBAVISION_VARIANTS, MambaVision
 from mamba_bench.models.registry import get_spec
 from mamba_bench.models.vim import VIM_VARIANTS, VimConfig, VisionMamba
 from mamba_bench.models.vmamba import VMAMBA_VARIANTS, VMamba
+from mamba_bench.models.vmamba_v0 import VMAMBA_V0_VARIANTS, VMambaV0
 
 #: timm name → our registry name. VMamba's follow the official repository's own names (s1l8: ssm_ratio
-#: 1, 8 blocks in stage 3); Vim's its config names; MambaVision's its sizes (the official timm names,
-#: ``mamba_vision_T`` ..., are left to the official package, which registers them itself).
+#: 1, 8 blocks in stage 3; v0: its vanilla_vmamba_* names); Vim's its config names; MambaVision's its
+#: sizes (the official timm names, ``mamba_vision_T`` ..., are left to the official package, which
+#: registers them itself).
 TIMM_NAMES: dict[str, str] = {
     "vmamba_tiny_s1l8": "vmamba-t", "vmamba_tiny_s2l5": "vmamba-t-s2l5", "vmamba_small_s2l15": "vmamba-s",
     "vmamba_base_s2l15": "vmamba-b", "vmamba_small_s1l20": "vmamba-s-s1l20", "vmamba_base_s1l20": "vmamba-b-s1l20",
     "vmamba_nano": "vmamba-nano",
+    **{v[0]: name for name, v in VMAMBA_V0_VARIANTS.items() if not name.startswith("vmamba-nano")},
+    "vanilla_vmamba_nano": "vmamba-nano-v0",
     **{v[4]: name for name, v in VIM_VARIANTS.items()},
     **{v[5]: name for name, v in MAMBAVISION_VARIANTS.items()},
 }
@@ -39,6 +43,7 @@ TIMM_NAMES: dict[str, str] = {
 # (model class, config, first conv, classifier) per registry name
 _FAMILY = {
     **{n: (VMamba, v[1], "patch_embed.0", "classifier.head") for n, v in VMAMBA_VARIANTS.items()},
+    **{n: (VMambaV0, v[1], "patch_embed.0", "classifier.head") for n, v in VMAMBA_V0_VARIANTS.items()},
     **{n: (VisionMamba, v[1], "patch_embed.proj", "head") for n, v in VIM_VARIANTS.items()},
     **{n: (MambaVision, v[1], "patch_embed.conv_down.0", "head") for n, v in MAMBAVISION_VARIANTS.items()},
 }

@@ -137,11 +137,19 @@ class SS2D(nn.Module):
         self.A_logs.copy_(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(4 * d, 1))
         self.Ds.fill_(1.0)
 
+    def project_in(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The in-projection: the SSM branch's input and the gate (None: v05_noz has no gate z)."""
+        return self.in_proj(x), None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rec = self._recorder
-        x = self.in_proj(x)
+        x, z = self.project_in(x)
         if rec is not None:
             rec.put(self._record_name, "in", x)
+            if z is not None:
+                rec.put(self._record_name, "z", z)
+        if z is not None:
+            z = self.act(z)
         x = self.conv2d(x)
         if rec is not None:
             rec.put(self._record_name, "conv", x)
@@ -151,7 +159,7 @@ class SS2D(nn.Module):
         if rec is not None:
             rec.put(self._record_name, "x", x)
         elif not torch.is_grad_enabled() and fused_ss2d_triton_available(x.device, self.scan_backend):
-            return self._forward_triton_inference(x)
+            return self._forward_triton_inference(x, z)
         b, d, h, w = x.shape
         k, length = 4, h * w
         xs = cross_scan(x)                                                     # (b, 4, d, L)
@@ -179,9 +187,9 @@ class SS2D(nn.Module):
         y = self.out_norm(y).to(x.dtype)
         if rec is not None:
             rec.put(self._record_name, "ssm_norm", y)
-        return self.out_proj(y)
+        return self.out_proj(y if z is None else y * z)
 
-    def _forward_triton_inference(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward_triton_inference(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         """The rest of ``forward`` from the activated map x (b, d, H, W) on, without autograd, through the
         fused Triton SS2D kernel (CUDA; the counterpart of the CPU path's ``ss2d_scan_cpu``): every
         direction's x_proj in one GEMM on the channels-last map, then dt_proj, softplus, the four scans
@@ -193,7 +201,7 @@ class SS2D(nn.Module):
         y = ss2d_scan_triton(t, xdbl, self.dt_projs_weight, self.dt_projs_bias, -torch.exp(self.A_logs.float()),
                              self.Ds)                                                    # (b, H, W, d) fp32
         y = self.out_norm(y.permute(0, 3, 1, 2)).to(x.dtype)  # module calls, as in forward: hooks see them
-        return self.out_proj(y)
+        return self.out_proj(y if z is None else y * z)
 
 
     def project(self, xs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -338,19 +346,13 @@ class VMamba(nn.Module):
         super().__init__()
         self.cfg = cfg
         dims = cfg.dims
-        c0 = dims[0]
-        stride = cfg.patch_size // 2
-        self.patch_embed = nn.Sequential(
-            nn.Conv2d(cfg.in_chans, c0 // 2, stride + 1, stride=stride, padding=1), nn.Identity(),
-            LayerNorm2d(c0 // 2), nn.Identity(), nn.GELU(),
-            nn.Conv2d(c0 // 2, c0, stride + 1, stride=stride, padding=1), nn.Identity(), LayerNorm2d(c0),
-        )
-        rates = torch.linspace(0, cfg.drop_path_rate, sum(cfg.depths)).tolist()
+        self.patch_embed = self.make_stem(cfg)
+        rates = torch.linspace(0, cfg.drop_path_rate, sum(cfg.depths), device="cpu").tolist()
         self.layers = nn.ModuleList()
         for i, depth in enumerate(cfg.depths):
             start = sum(cfg.depths[:i])
-            blocks = nn.Sequential(*[VSSBlock(dims[i], cfg, rates[start + j]) for j in range(depth)])
-            down = _downsample(dims[i], dims[i + 1]) if i < len(cfg.depths) - 1 else nn.Identity()
+            blocks = nn.Sequential(*[self.make_block(dims[i], cfg, rates[start + j]) for j in range(depth)])
+            down = self.make_downsample(dims[i], dims[i + 1]) if i < len(cfg.depths) - 1 else nn.Identity()
             self.layers.append(nn.Sequential(OrderedDict(blocks=blocks, downsample=down)))
         self.num_features = dims[-1]
         self.num_classes = num_classes
@@ -359,6 +361,25 @@ class VMamba(nn.Module):
             norm=LayerNorm2d(self.num_features), permute=nn.Identity(), avgpool=nn.AdaptiveAvgPool2d(1),
             flatten=nn.Flatten(1), head=nn.Linear(self.num_features, num_classes)))
         self.apply(self._init_weights)
+
+    # the parts a VMamba version differs in (v0: models/vmamba_v0.py)
+    @staticmethod
+    def make_stem(cfg: VMambaConfig) -> nn.Sequential:
+        """Patch-embed v2: two 3x3/2 convs, LayerNorm-2d after each, GELU between."""
+        c0, stride = cfg.dims[0], cfg.patch_size // 2
+        return nn.Sequential(
+            nn.Conv2d(cfg.in_chans, c0 // 2, stride + 1, stride=stride, padding=1), nn.Identity(),
+            LayerNorm2d(c0 // 2), nn.Identity(), nn.GELU(),
+            nn.Conv2d(c0 // 2, c0, stride + 1, stride=stride, padding=1), nn.Identity(), LayerNorm2d(c0),
+        )
+
+    @staticmethod
+    def make_block(dim: int, cfg: VMambaConfig, drop_path: float) -> nn.Module:
+        return VSSBlock(dim, cfg, drop_path)
+
+    @staticmethod
+    def make_downsample(dim: int, out_dim: int) -> nn.Module:
+        return _downsample(dim, out_dim)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -462,10 +483,7 @@ def infer_config(state: dict[str, torch.Tensor]) -> VMambaConfig | None:
 
 def diagnose_checkpoint(state: dict[str, torch.Tensor], wanted: str) -> str | None:
     """A sentence saying which VMamba config a non-fitting checkpoint belongs to, if one can tell."""
-    if any(".self_attention." in k or ".ln_1." in k for k in state):  # (Vim also has patch_embed.proj)
-        return ("it is a VMamba v0 ('vanilla', forward_type v0) checkpoint; mamba-bench implements the v2 "
-                "family (vmamba-t/-s/-b): pass a v2 release checkpoint")
-    cfg = infer_config(state)
+    cfg = infer_config(state)  # (a v0 checkpoint is named by models/vmamba_v0.py)
     if cfg is None:
         return None
     for name, (official, known, _, _) in VMAMBA_VARIANTS.items():

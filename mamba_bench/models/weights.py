@@ -245,9 +245,11 @@ def _accept_1x1_conv_linears(model: torch.nn.Module, state: dict) -> dict:
     return out
 
 
-def _timm_filter(model: torch.nn.Module, state: dict, spec: Any) -> dict:
-    """Adapt official-release layouts (e.g. the original Swin/ConvNeXt files) the way timm itself does."""
-    if spec is None or spec.family not in ("timm", "timm-arch"):
+def _release_filter(model: torch.nn.Module, state: dict, spec: Any) -> dict:
+    """Adapt official-release layouts the way timm itself does: the ``checkpoint_filter_fn(state, model)``
+    of the model's module (timm's Swin/ConvNeXt for the original files; VMamba v0 for its first code
+    base's key names)."""
+    if spec is None:
         return state
     import importlib
 
@@ -271,7 +273,7 @@ def load_weights_into(model: torch.nn.Module, ref: str, spec: Any = None, *,
     state = read_state_dict(path)
     own = model.state_dict()
     if set(state) != set(own):
-        state = _timm_filter(model, state, spec)
+        state = _release_filter(model, state, spec)
     try:
         check_fit(model, state, spec.name if spec else type(model).__name__)
     except CheckpointError as exc:
