@@ -13,18 +13,22 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from mamba_bench.errors import MambaBenchError
 from mamba_bench.present import (
     out_console,
     print_bench_corrupt,
+    print_bench_models,
     print_bench_pipeline,
     print_bench_scan,
+    print_compare,
     print_dg,
+    print_explain,
+    print_finetune,
     print_frame,
     print_models,
     print_predictions,
+    print_repair,
     print_run_summary,
     print_suite,
 )
@@ -274,13 +278,7 @@ def bench_models_cmd(
     if fmt == "json":
         print(json.dumps(res, indent=2))
         return
-    table = Table(title=f"throughput, batch {batch_size}, {res['device']}, {res['precision']}, {threads} threads")
-    for c in ("model", "scan backend", "precision", "params (M)", "images/s (best round)", "images/s (median round)"):
-        table.add_column(c, justify="right")
-    for r in res["rows"]:
-        table.add_row(r["model"], r["scan_backend"] or "—", r["precision"], f"{r['params_m']:.1f}",
-                      f"{r['images_per_second']:.2f}", f"{r['images_per_second_median']:.2f}")
-    out_console.print(table)
+    print_bench_models(res, batch_size, threads)
 
 
 def _positive(name: str, value: int | float) -> None:
@@ -478,15 +476,7 @@ def finetune(
              on_mode=lambda m: out_console.print(f"[bold]{m}[/]"),
              on_eval=lambda r: out_console.print(f"  iter {r['step']:5d}  dice {r['dice']:.3f}  iou {r['iou']:.3f}  "
                                                  f"val loss {r['val_loss']:.3f}  {r['sec_per_iter']:.3f} s/iter"))
-    table = Table(title=f"road segmentation, final evaluation — {out}")
-    for c in ("mode", "iters", "Dice", "IoU", "val loss", "s/iter", "trainable params", "frozen tensors"):
-        table.add_column(c, justify="right")
-    last = df.sort_values("step").groupby("mode", sort=False).tail(1)
-    for r in last.itertuples():
-        table.add_row(r.mode, str(r.step), f"{r.dice:.3f}", f"{r.iou:.3f}", f"{r.val_loss:.3f}",
-                      f"{r.sec_per_iter:.3f}", f"{r.trainable_params:,}", str(r.frozen_tensors))
-    out_console.print(table)
-    out_console.print(f"wrote {out / 'metrics.parquet'}, {out / 'finetune.png'}")
+    print_finetune(df, out)
 
 
 @app.command()
@@ -514,30 +504,13 @@ def compare(
 ) -> None:
     """Exit 0: no regression; 1: a regression (drop > --max-drop and significant); 2: bad input."""
     from mamba_bench.report.compare import compare as run_compare
-    from mamba_bench.report.compare import fmt as cell
-    from mamba_bench.report.compare import to_json, to_markdown
     from mamba_bench.report.runs import load_side
 
     _check_format(fmt)
     c = run_compare(load_side(baseline), load_side(candidate), max_drop=max_drop, alpha=alpha, strict=strict)
     for w in c.warnings:
         print(f"mamba-bench: warning: {w}", file=sys.stderr)
-    if fmt == "json":
-        print(json.dumps(to_json(c), indent=2, default=str))
-    elif fmt == "markdown":
-        print(to_markdown(c), end="")
-    else:
-        table = Table(title=f"{baseline} → {candidate}: {len(c.regressions)} regression(s) in {len(c.rows)} rows")
-        for col in ("model", "data set", "corruption", "sev", "top-1 base", "top-1 cand", "Δ", "p", "verdict"):
-            table.add_column(col, justify="right")
-        for r in c.rows.itertuples():
-            table.add_row(r.model, r.dataset, r.corruption, str(r.severity), cell(r.top1_base, ".2f"),
-                          cell(r.top1_cand, ".2f"), cell(r.d_top1, "+.2f"), cell(r.p_value, ".3g"), r.verdict)
-        out_console.print(table)
-        for label, df in (("only in the baseline", c.only_baseline), ("only in the candidate", c.only_candidate)):
-            if len(df):
-                out_console.print(f"{len(df)} row(s) {label}: " + ", ".join(
-                    f"{r.model}/{r.dataset}/{r.corruption}/{r.severity}" for r in df.itertuples()))
+    print_compare(c, baseline, candidate, fmt)
     if len(c.regressions):
         raise typer.Exit(1)
 
@@ -635,15 +608,7 @@ def explain(
             f"fine-tuning arm [bold]{a}[/] ({repair_steps} steps)"))
         if print_frame(res["table"], fmt):
             return
-        table = Table(title=f"Mender repair of {model} ({definition} definition, blocks "
-                            f"{', '.join(res['blocks'])}) — {out}")
-        for c in ("arm", "clean top-1", "Δ", "corrupted top-1", "Δ", "ECS", "ICS"):
-            table.add_column(c, justify="right")
-        for r in res["table"].itertuples():
-            table.add_row(r.arm, f"{r.clean_top1:.2f}", f"{r.clean_change:+.2f}", f"{r.corrupted_top1:.2f}",
-                          f"{r.corrupted_change:+.2f}", f"{r.ecs:.3f}", f"{r.ics:.3f}")
-        out_console.print(table)
-        out_console.print(f"repaired checkpoint: {res['checkpoint']}")
+        print_repair(res, model, definition, out)
         return
     from mamba_bench.analysis.explain import ExplainConfig, run_explain
 
@@ -656,29 +621,9 @@ def explain(
                         definition=definition, batch_size=16 if batch_size is None else batch_size, device=device,
                         workers=workers)
     res = run_explain(cfg)
-    scores = res["scores"]
-    if print_frame(scores, fmt):
+    if print_frame(res["scores"], fmt):
         return
-    table = Table(title=f"{model}: ECS / ICS per block, simple vs difficult ({definition} definition) — {out}")
-    for c in ("block", "state", "ECS simple", "ECS difficult", "ICS simple", "ICS difficult"):
-        table.add_column(c, justify="left" if c in ("block", "state") else "right", no_wrap=True)
-    wide = scores[scores.group != "all"].pivot_table(index=["index", "block", "state"], columns="group",
-                                                      values=["ecs", "ics"], sort=False)
-
-    def fmt(v) -> str:
-        return "—" if v != v else f"{v:.3f}"
-
-    for (_, block, state), r in wide.iterrows():
-        table.add_row(block, state, fmt(r.get(("ecs", "simple"), float("nan"))),
-                      fmt(r.get(("ecs", "difficult"), float("nan"))), fmt(r.get(("ics", "simple"), float("nan"))),
-                      fmt(r.get(("ics", "difficult"), float("nan"))))
-    out_console.print(table)
-    if not res["masks"]:
-        out_console.print("no --masks: ECS's segmentation test is undefined (ecs and iou are NaN)")
-    if corruption:
-        out_console.print(f"{len(res['flips'])} images flipped from right to wrong by {corruption}")
-    for p in res["plots"]:
-        out_console.print(f"plot: {p}")
+    print_explain(res, model, definition, out, corruption)
 
 
 @app.command()

@@ -214,3 +214,88 @@ def print_bench_scan(res: dict, threads: int, fmt: str) -> None:
                       f"{r['speedup_vs_ref']:.1f}" if r.get("speedup_vs_ref") else "—", f"{r['peak_mb']:.0f}",
                       f"{r['max_rel_error_vs_ref']:.1e}" if "max_rel_error_vs_ref" in r else "—")
     out_console.print(table)
+
+
+def print_bench_models(res: dict, batch_size: int, threads: int) -> None:
+    table = Table(title=f"throughput, batch {batch_size}, {res['device']}, {res['precision']}, {threads} threads")
+    for c in ("model", "scan backend", "precision", "params (M)", "images/s (best round)", "images/s (median round)"):
+        table.add_column(c, justify="right")
+    for r in res["rows"]:
+        table.add_row(r["model"], r["scan_backend"] or "—", r["precision"], f"{r['params_m']:.1f}",
+                      f"{r['images_per_second']:.2f}", f"{r['images_per_second_median']:.2f}")
+    out_console.print(table)
+
+
+def print_finetune(df, out: Path) -> None:
+    """The last evaluation of each fine-tuning mode."""
+    table = Table(title=f"road segmentation, final evaluation — {out}")
+    for c in ("mode", "iters", "Dice", "IoU", "val loss", "s/iter", "trainable params", "frozen tensors"):
+        table.add_column(c, justify="right")
+    last = df.sort_values("step").groupby("mode", sort=False).tail(1)
+    for r in last.itertuples():
+        table.add_row(r.mode, str(r.step), f"{r.dice:.3f}", f"{r.iou:.3f}", f"{r.val_loss:.3f}",
+                      f"{r.sec_per_iter:.3f}", f"{r.trainable_params:,}", str(r.frozen_tensors))
+    out_console.print(table)
+    out_console.print(f"wrote {out / 'metrics.parquet'}, {out / 'finetune.png'}")
+
+
+def print_compare(c, baseline: Path, candidate: Path, fmt: str = "table") -> None:
+    """``compare``'s verdict per matched row, and the rows only one side has."""
+    from mamba_bench.report.compare import fmt as cell
+    from mamba_bench.report.compare import to_json, to_markdown
+
+    if fmt == "json":
+        print(json.dumps(to_json(c), indent=2, default=str))
+        return
+    if fmt == "markdown":
+        print(to_markdown(c), end="")
+        return
+    table = Table(title=f"{baseline} → {candidate}: {len(c.regressions)} regression(s) in {len(c.rows)} rows")
+    for col in ("model", "data set", "corruption", "sev", "top-1 base", "top-1 cand", "Δ", "p", "verdict"):
+        table.add_column(col, justify="right")
+    for r in c.rows.itertuples():
+        table.add_row(r.model, r.dataset, r.corruption, str(r.severity), cell(r.top1_base, ".2f"),
+                      cell(r.top1_cand, ".2f"), cell(r.d_top1, "+.2f"), cell(r.p_value, ".3g"), r.verdict)
+    out_console.print(table)
+    for label, df in (("only in the baseline", c.only_baseline), ("only in the candidate", c.only_candidate)):
+        if len(df):
+            out_console.print(f"{len(df)} row(s) {label}: " + ", ".join(
+                f"{r.model}/{r.dataset}/{r.corruption}/{r.severity}" for r in df.itertuples()))
+
+
+def print_repair(res: dict, model: str, definition: str, out: Path) -> None:
+    """Mender's repair arms: clean and corrupted top-1 and their change, ECS and ICS after fine-tuning."""
+    table = Table(title=f"Mender repair of {model} ({definition} definition, blocks "
+                        f"{', '.join(res['blocks'])}) — {out}")
+    for c in ("arm", "clean top-1", "Δ", "corrupted top-1", "Δ", "ECS", "ICS"):
+        table.add_column(c, justify="right")
+    for r in res["table"].itertuples():
+        table.add_row(r.arm, f"{r.clean_top1:.2f}", f"{r.clean_change:+.2f}", f"{r.corrupted_top1:.2f}",
+                      f"{r.corrupted_change:+.2f}", f"{r.ecs:.3f}", f"{r.ics:.3f}")
+    out_console.print(table)
+    out_console.print(f"repaired checkpoint: {res['checkpoint']}")
+
+
+def print_explain(res: dict, model: str, definition: str, out: Path, corruption: str | None) -> None:
+    """ECS / ICS per block and state, simple vs difficult images; what is undefined and why."""
+    scores = res["scores"]
+    table = Table(title=f"{model}: ECS / ICS per block, simple vs difficult ({definition} definition) — {out}")
+    for c in ("block", "state", "ECS simple", "ECS difficult", "ICS simple", "ICS difficult"):
+        table.add_column(c, justify="left" if c in ("block", "state") else "right", no_wrap=True)
+    wide = scores[scores.group != "all"].pivot_table(index=["index", "block", "state"], columns="group",
+                                                      values=["ecs", "ics"], sort=False)
+
+    def num(v) -> str:
+        return "—" if v != v else f"{v:.3f}"
+
+    for (_, block, state), r in wide.iterrows():
+        table.add_row(block, state, num(r.get(("ecs", "simple"), float("nan"))),
+                      num(r.get(("ecs", "difficult"), float("nan"))), num(r.get(("ics", "simple"), float("nan"))),
+                      num(r.get(("ics", "difficult"), float("nan"))))
+    out_console.print(table)
+    if not res["masks"]:
+        out_console.print("no --masks: ECS's segmentation test is undefined (ecs and iou are NaN)")
+    if corruption:
+        out_console.print(f"{len(res['flips'])} images flipped from right to wrong by {corruption}")
+    for p in res["plots"]:
+        out_console.print(f"plot: {p}")
