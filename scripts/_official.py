@@ -1,4 +1,4 @@
-"""Import the official Vim and MambaVision code on a CPU machine (helper of the scripts beside it).
+"""Import the official VMamba, Vim and MambaVision code on a CPU machine (helper of the scripts beside it).
 
 Neither repository is shipped here: pass the path of a checkout; its code is imported at run time,
 never copied. Both need ``einops`` (``pip install --target DIR einops`` and PYTHONPATH=DIR will do).
@@ -11,6 +11,8 @@ Only CUDA-only calls are replaced, each by the reference function the official c
   ``rms_norm_fn`` → its ``rms_norm_ref`` in fp32. ``mamba_ssm/__init__`` (which imports the language
   model and ``transformers``) is skipped, and the two ``mamba_ssm.utils`` modules that need
   ``transformers`` are stubs (nothing of them is used by ``VisionMamba``).
+* VMamba (MzeroMiko/VMamba ``classification/models``): ``fvcore`` and ``einops`` (FLOP counting and
+  Mamba-2 only) are stubs.
 * MambaVision (NVlabs/MambaVision): ``mamba_ssm.ops.selective_scan_interface.selective_scan_fn``
   → mamba-ssm's ``selective_scan_ref``, read from a mamba-ssm source tree (``--mamba-ssm DIR``, the
   directory holding ``mamba_ssm/``; Vim's checkout carries one in ``mamba-1p1p1``).
@@ -29,6 +31,19 @@ def _empty(name: str, **attrs) -> types.ModuleType:
     mod.__dict__.update(attrs)
     sys.modules[name] = mod
     return mod
+
+
+def official_vmamba(models_dir: str | Path):
+    """The official ``classification/models/vmamba.py`` module (its CUDA kernels stay unused on CPU)."""
+    sys.path.insert(0, str(models_dir))
+    for name in ("fvcore", "fvcore.nn", "einops"):
+        mod = types.ModuleType(name)
+        mod.FlopCountAnalysis = mod.flop_count_str = mod.flop_count = mod.parameter_count = None
+        mod.rearrange = mod.repeat = None
+        sys.modules.setdefault(name, mod)
+    import vmamba
+
+    return vmamba
 
 
 def official_vim(root: str | Path):

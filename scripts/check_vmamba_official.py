@@ -16,9 +16,13 @@ they are stubbed, and its CUDA-only paths are routed to its own pure-torch funct
 from __future__ import annotations
 
 import sys
-import types
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _official import official_vmamba  # noqa: E402
 
 
 def legacy_name(key: str) -> str:
@@ -35,15 +39,9 @@ def main() -> int:
     args = [a for a in sys.argv[1:] if a != "--v0"]
     official_dir = args[0]
     ckpt = args[1] if len(args) > 1 else None
-    sys.path.insert(0, official_dir)
-    for name in ("fvcore", "fvcore.nn", "einops"):
-        mod = types.ModuleType(name)
-        mod.FlopCountAnalysis = mod.flop_count_str = mod.flop_count = mod.parameter_count = None
-        mod.rearrange = mod.repeat = None
-        sys.modules.setdefault(name, mod)
+    official = official_vmamba(official_dir)
     import csm_triton
     import csms6s
-    import vmamba as official
 
     official.selective_scan_fn = (lambda u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, oflex=True,
                                   backend=None: csms6s.selective_scan_torch(u, delta, A, B, C, D, delta_bias,
@@ -56,6 +54,7 @@ def main() -> int:
                                                                                 one_by_one, scans))
     from mamba_bench.models import create_model
 
+    torch.manual_seed(0)  # the official initialisation too: the 1-D parameters keep it, perturbed
     if v0:
         ref = official.vanilla_vmamba_tiny().eval()
     else:
@@ -78,6 +77,7 @@ def main() -> int:
     ours = create_model("vmamba-t-v0" if v0 else "vmamba-t", weights=ckpt)
     print(f"parameters: official {sum(p.numel() for p in ref.parameters()):,}, "
           f"ours {sum(p.numel() for p in ours.parameters()):,}")
+    torch.manual_seed(1)  # the same images on every run (building ours draws random numbers)
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         a, b = ref(x), ours(x)
