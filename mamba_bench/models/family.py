@@ -1,4 +1,4 @@
-"""What the model families share: timm's pretrained-cfg fields for a registry entry, and drop-path."""
+"""What the model families share: timm's pretrained-cfg fields and model API, and drop-path."""
 
 from __future__ import annotations
 
@@ -29,6 +29,42 @@ def pretrained_cfg(spec: ModelSpec, *, architecture: str, first_conv: str, class
         "crop_mode": "center", "mean": tuple(spec.mean), "std": tuple(spec.std), "pool_size": None,
         "first_conv": first_conv, "classifier": classifier, **extra,
     }
+
+
+class TimmModelAPI:
+    """timm's model API on a family's module: ``default_cfg``, ``forward_head(x, pre_logits)``,
+    ``get_classifier()``, ``reset_classifier(n, global_pool)``. The family implements ``pool`` (its
+    features → the head's input), names the ``global_pools`` it accepts, and keeps ``pretrained_cfg``,
+    ``num_features``, ``num_classes``; its head is ``self.head`` unless ``get_classifier`` and
+    ``set_classifier`` say otherwise."""
+
+    global_pools: tuple[str, ...] = ("avg",)
+    pretrained_cfg: dict
+
+    @property
+    def default_cfg(self) -> dict:
+        return self.pretrained_cfg
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.pool(x)
+        return x if pre_logits else self.get_classifier()(x)
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def set_classifier(self, head: nn.Module) -> None:
+        self.head = head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new head for ``num_classes`` (0: none; the model then returns the pooled features)."""
+        if global_pool is not None and global_pool not in self.global_pools:
+            raise ValueError(f"{type(self).__name__} pools by {' or '.join(self.global_pools)} only, "
+                             f"not {global_pool!r}")
+        self.num_classes = num_classes
+        self.set_classifier(nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity())
 
 
 class DropPath(nn.Module):

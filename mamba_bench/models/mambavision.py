@@ -42,7 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mamba_bench.models.family import DropPath, depthwise_conv1d, hub_fields, pretrained_cfg
+from mamba_bench.models.family import DropPath, TimmModelAPI, depthwise_conv1d, hub_fields, pretrained_cfg
 from mamba_bench.models.internals import SSMBlock
 from mamba_bench.models.registry import ModelSpec, get_spec, register
 from mamba_bench.ops.selective_scan import selective_scan, set_scan_backend
@@ -323,7 +323,7 @@ class Level(nn.Module):
         return x if self.downsample is None else self.downsample(x)
 
 
-class MambaVision(nn.Module):
+class MambaVision(nn.Module, TimmModelAPI):
     """The MambaVision classifier. ``forward(x)`` takes normalised NCHW images of any size."""
 
     def __init__(self, cfg: MambaVisionConfig = MambaVisionConfig(), num_classes: int = 1000):
@@ -361,27 +361,12 @@ class MambaVision(nn.Module):
             x = level(x)
         return self.norm(x)
 
-    # -- timm's model API
-    @property
-    def default_cfg(self) -> dict:
-        return self.pretrained_cfg
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = torch.flatten(self.avgpool(x), 1)
-        return x if pre_logits else self.head(x)
+    # -- timm's model API (models/family.py)
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.avgpool(x), 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """A new head for ``num_classes`` (0: none; the model then returns pooled features)."""
-        if global_pool not in (None, "avg"):
-            raise ValueError(f"MambaVision pools by average only, not {global_pool!r}")
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
 
 # -- registry entries ------------------------------------------------------------------------------

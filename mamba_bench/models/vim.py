@@ -42,7 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mamba_bench.models.family import DropPath, depthwise_conv1d, hub_fields, pretrained_cfg
+from mamba_bench.models.family import DropPath, TimmModelAPI, depthwise_conv1d, hub_fields, pretrained_cfg
 from mamba_bench.models.internals import SSMBlock
 from mamba_bench.models.registry import ModelSpec, get_spec, register
 from mamba_bench.ops.selective_scan import selective_scan, set_scan_backend
@@ -237,7 +237,7 @@ class Block(nn.Module, SSMBlock):
         return hidden, residual
 
 
-class VisionMamba(nn.Module):
+class VisionMamba(nn.Module, TimmModelAPI):
     """Vim classifier: ``forward(x)`` takes normalised NCHW images (the config's size; other sizes
     get resampled position embeddings)."""
 
@@ -299,27 +299,14 @@ class VisionMamba(nn.Module):
             hidden, residual = layer(hidden, residual, layout)
         return self.norm_f(residual + self.drop_path(hidden)).to(x.dtype)
 
-    # -- timm's model API
-    @property
-    def default_cfg(self) -> dict:
-        return self.pretrained_cfg
+    # -- timm's model API (models/family.py; reset_classifier(0): the class token's features)
+    global_pools = ("token",)
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x[:, (x.shape[1] - 1) // 2]  # the middle class token
-        return x if pre_logits else self.head(x)
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, (x.shape[1] - 1) // 2]  # the middle class token
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """A new head for ``num_classes`` (0: none; the model then returns the class token's features)."""
-        if global_pool not in (None, "token"):
-            raise ValueError(f"Vim reads its middle class token, not {global_pool!r} pooling")
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
 
 # -- registry entries ------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # Recorder, capture_internals, INTERNALS and ssm_blocks are re-exported from here for older imports
+from mamba_bench.models.family import TimmModelAPI
 from mamba_bench.models.internals import INTERNALS, Recorder, SSMBlock, capture_internals, ssm_blocks  # noqa: F401
 from mamba_bench.ops.cross_scan import cross_merge, cross_scan
 from mamba_bench.ops.selective_scan import (
@@ -339,7 +340,7 @@ def _downsample(dim: int, out_dim: int) -> nn.Sequential:
                          LayerNorm2d(out_dim))
 
 
-class VMamba(nn.Module):
+class VMamba(nn.Module, TimmModelAPI):
     """The VSSM classifier (v2 family). ``forward(x)`` takes normalised NCHW images."""
 
     def __init__(self, cfg: VMambaConfig = VMambaConfig(), num_classes: int = 1000):
@@ -424,25 +425,17 @@ class VMamba(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)  # CPU convs are 1.1-8x faster on it
         return self.classifier(self.forward_features(x))
 
-    # -- timm's model API (forward_features above: the last stage's map, before the classifier's norm)
-    @property
-    def default_cfg(self) -> dict:
-        return self.pretrained_cfg
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+    # -- timm's model API (models/family.py; forward_features above: the last stage's map, before the
+    # classifier's norm)
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
         c = self.classifier
-        x = c.flatten(c.avgpool(c.norm(x)))
-        return x if pre_logits else c.head(x)
+        return c.flatten(c.avgpool(c.norm(x)))
 
     def get_classifier(self) -> nn.Module:
         return self.classifier.head
 
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """A new head for ``num_classes`` (0: none; the model then returns pooled features)."""
-        if global_pool not in (None, "avg"):
-            raise ValueError(f"VMamba pools by average only, not {global_pool!r}")
-        self.num_classes = num_classes
-        self.classifier.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+    def set_classifier(self, head: nn.Module) -> None:
+        self.classifier.head = head
 
 
 # -- registry entries -----------------------------------------------------------------------------
