@@ -460,53 +460,62 @@ VMAMBA_VARIANTS: dict[str, tuple[str, VMambaConfig, str | None, float | None]] =
 }
 
 
-def infer_config(state: dict[str, torch.Tensor]) -> VMambaConfig | None:
-    """The v2 config a state_dict was saved from (None if it is not a v2 VMamba state_dict)."""
+def read_config(state: dict[str, torch.Tensor], *, embed_key: str = "patch_embed.5.weight", gated: bool = False,
+                mlp_ratio: float = 4.0) -> VMambaConfig | None:
+    """The config a VMamba state_dict was saved from (None if it has not the keys to tell): the stem's last
+    conv ``embed_key`` gives the width, the in-projection (twice D wide when ``gated``, as v0's) the
+    ssm_ratio, ``A_logs`` d_state, the block keys the depths."""
     try:
-        embed = int(state["patch_embed.5.weight"].shape[0])
+        embed = int(state[embed_key].shape[0])
         stages = sorted({int(k.split(".")[1]) for k in state if k.startswith("layers.")})
         depths = tuple(len({int(k.split(".")[3]) for k in state if k.startswith(f"layers.{i}.blocks.")})
                        for i in stages)
-        d_inner, _ = state["layers.0.blocks.0.op.in_proj.weight"].shape[:2]
+        d_inner = int(state["layers.0.blocks.0.op.in_proj.weight"].shape[0]) // (2 if gated else 1)
         d_state = int(state["layers.0.blocks.0.op.A_logs"].shape[1])
     except (KeyError, IndexError, ValueError):
         return None
-    return VMambaConfig(depths, embed, d_state, d_inner / embed)
+    return VMambaConfig(depths, embed, d_state, d_inner / embed, mlp_ratio=mlp_ratio)
+
+
+def infer_config(state: dict[str, torch.Tensor]) -> VMambaConfig | None:
+    """The v2 config a state_dict was saved from (None if it is not a v2 VMamba state_dict)."""
+    return read_config(state)
+
+
+def name_variant(cfg: VMambaConfig, variants: dict, wanted: str, what: str) -> str | None:
+    """The entry of ``variants`` with ``cfg``'s architecture, as a hint (None when it is ``wanted``: the
+    keys or shapes that differ say more); that none has it, otherwise."""
+    for name, (official, known, _, _) in variants.items():
+        if (known.depths, known.embed_dim, known.d_state, known.ssm_ratio) == (
+                cfg.depths, cfg.embed_dim, cfg.d_state, cfg.ssm_ratio):
+            return None if name == wanted else f"it looks like a {name} checkpoint ({official}); use --model {name}"
+    return (f"it is a {what} checkpoint of depths {list(cfg.depths)}, dim {cfg.embed_dim}, "
+            f"ssm_ratio {cfg.ssm_ratio:g}, d_state {cfg.d_state}, which no registry entry has")
 
 
 def diagnose_checkpoint(state: dict[str, torch.Tensor], wanted: str) -> str | None:
     """A sentence saying which VMamba config a non-fitting checkpoint belongs to, if one can tell."""
     cfg = infer_config(state)  # (a v0 checkpoint is named by models/vmamba_v0.py)
-    if cfg is None:
-        return None
-    for name, (official, known, _, _) in VMAMBA_VARIANTS.items():
-        if (known.depths, known.embed_dim, known.d_state, known.ssm_ratio) == (
-                cfg.depths, cfg.embed_dim, cfg.d_state, cfg.ssm_ratio):
-            if name == wanted:  # the right architecture: the keys or shapes that differ say more
-                return None
-            return f"it looks like a {name} checkpoint ({official}); use --model {name}"
-    return (f"it is a VMamba checkpoint of depths {list(cfg.depths)}, dim {cfg.embed_dim}, "
-            f"ssm_ratio {cfg.ssm_ratio:g}, d_state {cfg.d_state}, which no registry entry has")
+    return None if cfg is None else name_variant(cfg, VMAMBA_VARIANTS, wanted, "VMamba")
 
 
-def _builder(cfg: VMambaConfig):
-    def build(num_classes: int) -> nn.Module:
-        return VMamba(cfg, num_classes=num_classes)
-
-    return build
-
-
-def _register() -> None:
+def register_variants(variants: dict, cls: type[VMamba], label: str, diagnose, note: str = "") -> None:
+    """One registry entry per ``variants`` row (name → official name, config, release URL, top-1), built
+    as ``cls``; ``label`` and ``note`` frame the description."""
     from mamba_bench.models.registry import ModelSpec, register
 
-    for name, (official, cfg, url, top1) in VMAMBA_VARIANTS.items():
-        nano = name.endswith("-nano")
-        desc = (f"VMamba {official}: depths {list(cfg.depths)}, dim {cfg.embed_dim}, ssm_ratio {cfg.ssm_ratio:g}, "
-                f"d_state {cfg.d_state}" + (f"; {top1} % ImageNet-1k top-1 (official)" if top1 else "")
+    for name, (official, cfg, url, top1) in variants.items():
+        nano = "-nano" in name
+
+        def build(num_classes: int, cfg: VMambaConfig = cfg) -> nn.Module:
+            return cls(cfg, num_classes=num_classes)
+
+        desc = (f"{label} {official}: depths {list(cfg.depths)}, dim {cfg.embed_dim}, ssm_ratio {cfg.ssm_ratio:g}, "
+                f"d_state {cfg.d_state}{note}" + (f"; {top1} % ImageNet-1k top-1 (official)" if top1 else "")
                 + ("; for 64 px embedded data" if nano else "") + ("" if url or nano else "; no public release"))
-        register(ModelSpec(name, _builder(cfg), desc, "vmamba", num_classes=10 if nano else 1000,
+        register(ModelSpec(name, build, desc, "vmamba", num_classes=10 if nano else 1000,
                            input_size=64 if nano else 224, crop_pct=1.0 if nano else 0.875, weights_url=url,
-                           weights_file=url.rsplit("/", 1)[-1] if url else None, diagnose=diagnose_checkpoint))
+                           weights_file=url.rsplit("/", 1)[-1] if url else None, diagnose=diagnose))
 
 
-_register()
+register_variants(VMAMBA_VARIANTS, VMamba, "VMamba", diagnose_checkpoint)

@@ -44,6 +44,9 @@ from mamba_bench.models.vmamba import (
     Linear2d,
     VMamba,
     VMambaConfig,
+    name_variant,
+    read_config,
+    register_variants,
 )
 
 #: a v0 block records the gate's in-projection ``z`` too
@@ -150,37 +153,16 @@ def checkpoint_filter_fn(state: dict[str, torch.Tensor], model: nn.Module | None
     return out
 
 
-def is_v0_state(state: dict) -> bool:
-    s = checkpoint_filter_fn(state)
-    return ("patch_embed.0.weight" in s and "patch_embed.5.weight" not in s
-            and any(k.endswith(".op.in_proj.weight") for k in s) and not any(".mlp." in k for k in s))
-
-
-def infer_v0_config(state: dict[str, torch.Tensor]) -> VMambaConfig | None:
-    s = checkpoint_filter_fn(state)
-    try:
-        embed = int(s["patch_embed.0.weight"].shape[0])
-        stages = sorted({int(k.split(".")[1]) for k in s if k.startswith("layers.")})
-        depths = tuple(len({int(k.split(".")[3]) for k in s if k.startswith(f"layers.{i}.blocks.")}) for i in stages)
-        d_inner = int(s["layers.0.blocks.0.op.in_proj.weight"].shape[0]) // 2
-        d_state = int(s["layers.0.blocks.0.op.A_logs"].shape[1])
-    except (KeyError, IndexError, ValueError):
-        return None
-    return VMambaConfig(depths, embed, d_state, d_inner / embed, mlp_ratio=0.0)
-
-
 def diagnose_checkpoint(state: dict[str, torch.Tensor], wanted: str) -> str | None:
     """Which v0 entry a non-fitting checkpoint belongs to (a v0 file passed for a v2 model included)."""
-    if not is_v0_state(state):
-        return None
-    cfg = infer_v0_config(state)
-    for name, (official, known, _, _) in VMAMBA_V0_VARIANTS.items():
-        if cfg is not None and (known.depths, known.embed_dim, known.d_state, known.ssm_ratio) == (
-                cfg.depths, cfg.embed_dim, cfg.d_state, cfg.ssm_ratio):
-            return None if name == wanted else f"it looks like a {name} checkpoint ({official}); use --model {name}"
-    what = (f"depths {list(cfg.depths)}, dim {cfg.embed_dim}, ssm_ratio {cfg.ssm_ratio:g}, d_state {cfg.d_state}"
-            if cfg else "a layout that cannot be read")
-    return f"it is a VMamba v0 ('vanilla') checkpoint of {what}, which no registry entry has"
+    s = checkpoint_filter_fn(state)
+    if not ("patch_embed.0.weight" in s and "patch_embed.5.weight" not in s
+            and any(k.endswith(".op.in_proj.weight") for k in s) and not any(".mlp." in k for k in s)):
+        return None  # not a v0 state_dict
+    cfg = read_config(s, embed_key="patch_embed.0.weight", gated=True, mlp_ratio=0.0)
+    if cfg is None:
+        return "it is a VMamba v0 ('vanilla') checkpoint of a layout that cannot be read, which no registry entry has"
+    return name_variant(cfg, VMAMBA_V0_VARIANTS, wanted, "VMamba v0 ('vanilla')")
 
 
 # -- registry entries -------------------------------------------------------------------------------
@@ -202,25 +184,4 @@ VMAMBA_V0_VARIANTS: dict[str, tuple[str, VMambaConfig, str | None, float | None]
 }
 
 
-def _builder(cfg: VMambaConfig):
-    def build(num_classes: int) -> nn.Module:
-        return VMambaV0(cfg, num_classes=num_classes)
-
-    return build
-
-
-def _register() -> None:
-    from mamba_bench.models.registry import ModelSpec, register
-
-    for name, (official, cfg, url, top1) in VMAMBA_V0_VARIANTS.items():
-        nano = name.startswith("vmamba-nano")
-        desc = (f"Vanilla-VMamba (v0) {official}: depths {list(cfg.depths)}, dim {cfg.embed_dim}, "
-                f"ssm_ratio {cfg.ssm_ratio:g}, d_state {cfg.d_state}, no MLP"
-                + (f"; {top1} % ImageNet-1k top-1 (official)" if top1 else "")
-                + ("; for 64 px embedded data" if nano else ""))
-        register(ModelSpec(name, _builder(cfg), desc, "vmamba", num_classes=10 if nano else 1000,
-                           input_size=64 if nano else 224, crop_pct=1.0 if nano else 0.875, weights_url=url,
-                           weights_file=url.rsplit("/", 1)[-1] if url else None, diagnose=diagnose_checkpoint))
-
-
-_register()
+register_variants(VMAMBA_V0_VARIANTS, VMambaV0, "Vanilla-VMamba (v0)", diagnose_checkpoint, note=", no MLP")
