@@ -114,6 +114,19 @@ class Definition:
     lambda_int: float = 1.0
     template_images: int = 50
 
+    #: the formulas a definition's module provides as functions of these names
+    FORMULAS = ("objective", "external_map", "internal_vector", "view_map", "perturbation_inputs",
+                "segmentation_iou", "ecs", "sample_ecs", "ics", "repair_blocks", "pick_template_images",
+                "template", "external_loss", "internal_loss")
+
+    def __init_subclass__(cls, formulas: dict | None = None, **kwargs):
+        """``class X(Definition, formulas=globals())``: every name of ``FORMULAS`` that the class body does
+        not set itself is the module's function of that name (a missing one is an error at import)."""
+        super().__init_subclass__(**kwargs)
+        for name in cls.FORMULAS if formulas is not None else ():
+            if name not in cls.__dict__:
+                setattr(cls, name, staticmethod(formulas[name]))
+
     # -- the correlations: one forward and one partial backward for the whole batch ---------------
 
     def objective(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -175,7 +175,7 @@ def internal_loss(i: torch.Tensor, templates: torch.Tensor) -> torch.Tensor:
     return (i * (1 - templates)).mean() / i.shape[0]
 
 
-class Official(Definition):
+class Official(Definition, formulas=globals()):
     name = "official"
     follows = "jiaconghu/Vision-Mamba-Mender (core/constraints.py, core/state_*_score.py, scripts/*.sh)"
     captures = {"x": "in", "c": "x", "s": "ssm_norm", "y": "out"}
@@ -183,17 +183,4 @@ class Official(Definition):
     lambda_int = LAMBDA_INT
     template_images = 50
 
-    objective = staticmethod(objective)
-    external_map = staticmethod(external_map)
-    internal_vector = staticmethod(internal_vector)
-    view_map = staticmethod(normalised_map)
-    perturbation_inputs = staticmethod(perturbation_inputs)
-    segmentation_iou = staticmethod(segmentation_iou)
-    ecs = staticmethod(ecs)
-    sample_ecs = staticmethod(sample_ecs)
-    ics = staticmethod(ics)
-    repair_blocks = staticmethod(repair_blocks)
-    pick_template_images = staticmethod(pick_template_images)
-    template = staticmethod(template)
-    external_loss = staticmethod(external_loss)
-    internal_loss = staticmethod(internal_loss)
+    view_map = staticmethod(normalised_map)  # (the other formulas: this module's functions of their names)

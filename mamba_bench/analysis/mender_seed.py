@@ -155,7 +155,7 @@ def internal_loss(i: torch.Tensor, templates: torch.Tensor) -> torch.Tensor:
     return (1 - on_template / (i.abs().sum(1) + 1e-12)).mean()
 
 
-class Seed(Definition):
+class Seed(Definition, formulas=globals()):
     name = "seed"
     follows = "the project seed's reading of the paper (mamba_bench/analysis/mender_seed.py)"
     captures = {"x": "in", "c": "conv", "s": "ssm", "y": "out"}
@@ -163,17 +163,3 @@ class Seed(Definition):
     lambda_int = 1.0
     template_images = 50
 
-    objective = staticmethod(objective)
-    external_map = staticmethod(external_map)
-    internal_vector = staticmethod(internal_vector)
-    view_map = staticmethod(view_map)
-    perturbation_inputs = staticmethod(perturbation_inputs)
-    segmentation_iou = staticmethod(segmentation_iou)
-    ecs = staticmethod(ecs)
-    sample_ecs = staticmethod(sample_ecs)
-    ics = staticmethod(ics)
-    repair_blocks = staticmethod(repair_blocks)
-    pick_template_images = staticmethod(pick_template_images)
-    template = staticmethod(template)
-    external_loss = staticmethod(external_loss)
-    internal_loss = staticmethod(internal_loss)
